@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Sourced by .ci/run and deploy/run-local.sh: make sure PostgreSQL and Mosquitto are installed and
+# running on this machine, installing them from Debian's packages if they are missing.
+# Exports PG_ADMIN_URL: a superuser URL (no password) the tests and the local run can use.
+# Starts only what is not running, and never stops anything it did not start.
+
+set -euo pipefail
+
+_as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+_apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    _as_root apt-get update -qq
+    _as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+_pg_ok() { psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1; }
+
+ensure_packages() {
+    local missing=()
+    command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+    command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+    [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+    command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}" >&2
+        _apt_install "${missing[@]}"
+    fi
+}
+
+ensure_postgres() {
+    local url="postgresql://postgres@127.0.0.1:5432/postgres"
+    if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        local version
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        echo "starting PostgreSQL $version" >&2
+        _as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+    fi
+    if _pg_ok "$url"; then
+        export PG_ADMIN_URL="$url"
+        return
+    fi
+    # The system cluster wants a password on TCP (Debian's default). Rather than change its
+    # authentication, run a throw-away cluster of our own with trust on loopback.
+    local bin port dir
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    port=${AUTOCORE_PRIVATE_PGPORT:-55432}
+    dir=${AUTOCORE_PRIVATE_PGDATA:-/tmp/autocore-pg-$port}
+    if ! pg_isready -q -h 127.0.0.1 -p "$port" 2>/dev/null; then
+        echo "starting a private PostgreSQL cluster on 127.0.0.1:$port ($dir)" >&2
+        _as_root rm -rf "$dir"
+        _as_root install -d -o postgres -g postgres "$dir"
+        _as_root runuser -u postgres -- "$bin/initdb" -q -A trust -U postgres -D "$dir/data"
+        _as_root runuser -u postgres -- "$bin/pg_ctl" -s -D "$dir/data" -l "$dir/log" \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir" -w start
+    fi
+    export PG_ADMIN_URL="postgresql://postgres@127.0.0.1:$port/postgres"
+    _pg_ok "$PG_ADMIN_URL" || { echo "cannot reach PostgreSQL at $PG_ADMIN_URL" >&2; return 1; }
+}
+
+ensure_mosquitto() {
+    # The tests start brokers of their own; the local run wants one on 1883.
+    if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+        echo "starting Mosquitto on 127.0.0.1:1883" >&2
+        _as_root mosquitto -d -c /etc/mosquitto/mosquitto.conf
+        for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
+    fi
+}
+
+ensure_python() {
+    # One venv in the checkout, with the project installed editable plus its dev extras.
+    local py=${PYTHON:-python3}
+    [ -x .venv/bin/python ] || "$py" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -i -E "^(warning|  !!|\s*$)" || true
+    .venv/bin/python -c "import service, gmqtt, asyncpg, paho" >/dev/null
+}

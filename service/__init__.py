@@ -1,0 +1,1 @@
+"""AutoCore Monitor: MQTT device fleet -> PostgreSQL, acknowledged only after commit."""

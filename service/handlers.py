@@ -1,0 +1,89 @@
+"""Route handlers: small async functions from a typed message to the records to store."""
+
+from __future__ import annotations
+
+import json
+
+from service.errors import TopicMismatch
+from service.models import DeviceStatus, DisplayInteraction, RelayStatus, SystemMessage, Telemetry
+from service.pipeline import MessageContext, Outcome
+from service.records import DisplayRecord, RelayRecord, StatusRecord, SystemRecord, TelemetryRecord
+
+
+async def device_status(msg: DeviceStatus, ctx: MessageContext) -> Outcome:
+    return [
+        StatusRecord(
+            device_id=ctx.device_id(msg.device_id),
+            ts=msg.timestamp or ctx.received_at,
+            is_online=msg.status == "online",
+            ip_address=str(msg.ip_address) if msg.ip_address is not None else None,
+            firmware_version=msg.firmware_version,
+            uptime=msg.uptime,
+        )
+    ]
+
+
+async def telemetry(msg: Telemetry, ctx: MessageContext) -> Outcome:
+    received_at = ctx.received_at
+    extra = msg.__pydantic_extra__
+    return [
+        TelemetryRecord(
+            device_id=ctx.device_id(msg.device_id),
+            ts=msg.timestamp or received_at,
+            temperature=msg.temperature,
+            humidity=msg.humidity,
+            voltage=msg.voltage,
+            memory_free=msg.memory_free,
+            extra=json.dumps(extra) if extra else None,
+            received_at=received_at,
+        )
+    ]
+
+
+async def relay_status(msg: RelayStatus, ctx: MessageContext) -> Outcome:
+    relay: int = ctx.params["relay"]
+    if msg.relay_index is not None and msg.relay_index != relay:
+        raise TopicMismatch(f"payload relay_index {msg.relay_index} does not match topic relay {relay}")
+    received_at = ctx.received_at
+    return [
+        RelayRecord(
+            device_id=ctx.device_id(msg.device_id),
+            relay_index=relay,
+            ts=msg.timestamp or received_at,
+            state=msg.state,
+            triggered_by=msg.triggered_by,
+            received_at=received_at,
+        )
+    ]
+
+
+async def display_interaction(msg: DisplayInteraction, ctx: MessageContext) -> Outcome:
+    received_at = ctx.received_at
+    return [
+        DisplayRecord(
+            device_id=ctx.device_id(msg.device_id),
+            ts=msg.timestamp or received_at,
+            interaction_type=msg.interaction_type,
+            screen=msg.screen,
+            element=msg.element,
+            value=json.dumps(msg.value) if msg.value is not None else None,
+            data=json.dumps(msg.data) if msg.data else None,
+            digest=ctx.digest(),
+            received_at=received_at,
+        )
+    ]
+
+
+async def system_message(msg: SystemMessage, ctx: MessageContext) -> Outcome:
+    received_at = ctx.received_at
+    return [
+        SystemRecord(
+            device_id=ctx.device_id(msg.device_id),
+            kind=ctx.params["kind"],
+            ts=msg.timestamp or received_at,
+            # The object exactly as sent (it parsed, so it is valid UTF-8 JSON).
+            payload=ctx.message.payload.decode(),
+            digest=ctx.digest(),
+            received_at=received_at,
+        )
+    ]

@@ -1,0 +1,45 @@
+"""The FastAPI app: `uvicorn service.main:app`. Builds the runtime in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from service import logs
+from service.api import health
+from service.config import Settings, load_settings
+from service.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    logs.configure(settings.mqtt_monitor_log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(settings)
+        app.state.runtime = runtime
+        import logging
+
+        logging.getLogger("service").info(
+            "starting: broker %s:%s, database %s",
+            settings.mqtt_broker_host,
+            settings.mqtt_broker_port,
+            make_url(settings.database_url).render_as_string(hide_password=True),
+        )
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="AutoCore Monitor", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,35 @@
+"""Prometheus metrics, created once at import. Labels stay bounded: route names and stages, never
+device ids or topic strings."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_RECEIVED = Counter(
+    "autocore_messages_received_total", "MQTT messages handed to the pipeline, by route", ["route"]
+)
+MESSAGES_STORED = Counter(
+    "autocore_messages_stored_total", "Messages committed to PostgreSQL and acknowledged, by route", ["route"]
+)
+DEAD_LETTERS = Counter("autocore_dead_letters_total", "Messages stored as dead letters, by failing stage", ["stage"])
+ERRORS = Counter("autocore_errors_total", "Operational errors, by kind", ["kind"])
+DB_WRITE_SECONDS = Histogram(
+    "autocore_db_write_seconds",
+    "Duration of one batch transaction",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "autocore_batch_size_messages",
+    "Messages per committed batch",
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+IN_FLIGHT = Gauge("autocore_messages_in_flight", "Messages received and not yet acknowledged")
+MQTT_CONNECTED = Gauge("autocore_mqtt_connected", "1 while connected to the broker with all routes subscribed")
+MQTT_CONNECTS = Counter("autocore_mqtt_connects_total", "Successful broker connections")
+MQTT_DISCONNECTS = Counter("autocore_mqtt_disconnects_total", "Broker connections lost or closed")
+MQTT_CONNECTED_SINCE = Gauge(
+    "autocore_mqtt_connected_since_timestamp_seconds",
+    "Unix time the current broker connection was made (0 if none)",
+)
+LAST_MESSAGE = Gauge("autocore_last_message_timestamp_seconds", "Unix time the last message was received")
+DEVICES_ONLINE = Gauge("autocore_devices_online", "Devices whose latest status is online")

@@ -1,0 +1,1 @@
+"""The MQTT side: gmqtt transport with reconnect, deferred acknowledgements."""

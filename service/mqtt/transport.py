@@ -1,0 +1,312 @@
+"""The broker connection: gmqtt over MQTT 5, our own reconnect loop, acknowledgements after commit.
+
+gmqtt is used for the protocol (CONNECT, SUBSCRIBE, keepalive, PUBREL/PUBCOMP), with two of its
+behaviours replaced, both pinned to gmqtt 0.8:
+
+* Delivery. With `optimistic_acknowledgement=False` gmqtt wraps every PUBLISH in its own task and
+  sends the PUBACK from that task's done-callback (one task per message: ~0.7x the broker's
+  ceiling before any work). `_DeferredAckHandler` instead hands each PUBLISH to a plain callable
+  and sends nothing; `Link.ack()` writes the PUBACKs of a whole committed batch in one write.
+* Reconnect. gmqtt retries at a fixed delay, only after a first success, and never resubscribes.
+  `_Client.reconnect()` only reports the loss; `MqttTransport.run()` reconnects with capped,
+  jittered exponential backoff and subscribes every route filter on every connect.
+
+Deferred acknowledgements only exist in MQTT 5 (gmqtt forces optimistic acks below it), so the
+client always connects with `version=MQTTv50`. The broker's Receive Maximum, which we request in
+CONNECT, bounds the unacknowledged messages we hold: that is the backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gmqtt import Client, Subscription
+from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
+
+from service.config import Settings
+from service.mqtt.backoff import full_jitter
+from service.mqtt.message import InboundMessage
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[InboundMessage], None]
+
+_PUBACK = 0x40
+_PUBREC = 0x50
+_pack_ack = struct.Struct("!BBH").pack
+_unpack_u16 = struct.Struct("!H").unpack_from
+
+
+class Link:
+    """One broker connection. A message is acknowledged on the connection that delivered it;
+    after a reconnect the broker redelivers whatever that connection left unacknowledged."""
+
+    __slots__ = ("_client", "number")
+
+    def __init__(self, client: Client, number: int) -> None:
+        self._client = client
+        self.number = number
+
+    @property
+    def open(self) -> bool:
+        conn = self._client._connection
+        return conn is not None and not conn.is_closing() and self._client._connack_received.is_set()
+
+    def ack(self, messages: Iterable[InboundMessage]) -> int:
+        """Send PUBACK (QoS 1) / PUBREC (QoS 2) for these messages in one write; returns how many."""
+        if not self.open:
+            return 0
+        packets = [_pack_ack(_PUBACK if m.qos == 1 else _PUBREC, 2, m.mid) for m in messages if m.mid is not None]
+        if packets:
+            self._client._connection.send_package(b"".join(packets))
+        return len(packets)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
+    """gmqtt's packet handler, with PUBLISH handed to `sink` synchronously and never acknowledged here."""
+
+    sink: Sink
+    link: Link
+
+    def _handle_publish_packet(self, cmd: int, raw: bytes) -> None:
+        qos = (cmd & 0x06) >> 1
+        (topic_len,) = _unpack_u16(raw, 0)
+        pos = 2 + topic_len
+        topic = raw[2:pos].decode("utf-8", "replace")
+        mid = None
+        if qos:
+            (mid,) = _unpack_u16(raw, pos)
+            pos += 2
+        # MQTT 5 properties. We never allow topic aliases (no Topic Alias Maximum in CONNECT),
+        # so nothing in them changes how the message is routed.
+        props_len, pos = _varint(raw, pos)
+        self.sink(InboundMessage(topic, raw[pos + props_len :], qos, bool(cmd & 1), time.time(), mid, self.link))
+
+
+class _Client(Client):  # type: ignore[misc]
+    def __init__(self, *args: Any, on_lost: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_lost = on_lost
+
+    async def reconnect(self, delay: bool = False) -> None:
+        # gmqtt calls this when the connection drops or a CONNACK refuses us; the transport's
+        # own loop reconnects with backoff instead.
+        self._on_lost()
+
+
+@dataclass
+class ConnectionState:
+    """What the health endpoint reports about the broker side."""
+
+    connected: bool = False
+    connected_since: float | None = None
+    connects: int = 0
+    disconnects: int = 0
+    failed_attempts: int = 0
+    last_error: str | None = None
+    next_attempt_in: float | None = None
+    # filter -> granted QoS, or None when the broker refused it
+    subscriptions: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def all_subscribed(self) -> bool:
+        return bool(self.subscriptions) and all(q is not None for q in self.subscriptions.values())
+
+
+class MqttTransport:
+    def __init__(self, settings: Settings, filters: Sequence[tuple[str, int]], sink: Sink) -> None:
+        self._settings = settings
+        self._filters = list(filters)
+        self._sink = sink
+        self.state = ConnectionState()
+        self._client: _Client | None = None
+        self._link: Link | None = None
+        self._lost = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._links = 0
+        self.on_state_change: Callable[[ConnectionState], None] = lambda _state: None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="mqtt-transport")
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (the broker keeps the session) and stop reconnecting."""
+        self._stopping.set()
+        client = self._client
+        if client is not None and self.state.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=5)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._set_disconnected(None)
+
+    def pause(self) -> None:
+        """Stop handing messages on; anything still arriving stays unacknowledged for redelivery."""
+        self._sink = _drop
+
+    # -- acknowledgements ------------------------------------------------------------------
+
+    def ack(self, messages: Sequence[InboundMessage]) -> int:
+        """Acknowledge committed messages; those from a connection since lost are left to redelivery."""
+        sent = 0
+        link = None
+        group: list[InboundMessage] = []
+        for m in messages:
+            if m.link is not link:
+                if link is not None:
+                    sent += link.ack(group)
+                link, group = m.link, []
+            group.append(m)
+        if link is not None:
+            sent += link.ack(group)
+        return sent
+
+    # -- connection loop -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        s = self._settings
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                client = await self._connect()
+            except (OSError, TimeoutError, MQTTConnectError) as exc:
+                delay = full_jitter(attempt, s.mqtt_monitor_reconnect_delay, s.mqtt_reconnect_max_delay)
+                attempt += 1
+                self.state.failed_attempts = attempt
+                self.state.last_error = f"{exc.__class__.__name__}: {exc}"
+                self.state.next_attempt_in = delay
+                level = logging.WARNING if attempt <= 3 or attempt % 10 == 0 else logging.INFO
+                log.log(
+                    level,
+                    "cannot connect to MQTT broker %s:%s (attempt %d: %s); retrying in %.1fs",
+                    s.mqtt_broker_host,
+                    s.mqtt_broker_port,
+                    attempt,
+                    self.state.last_error,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                continue
+            attempt = 0
+            self.state.failed_attempts = 0
+            self.state.next_attempt_in = None
+            await self._lost.wait()
+            self._set_disconnected("connection lost")
+            self._client = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=2)
+            if not self._stopping.is_set():
+                log.warning("MQTT connection lost; reconnecting")
+
+    async def _connect(self) -> _Client:
+        s = self._settings
+        self._lost.clear()
+        self._links += 1
+        client = _Client(
+            s.mqtt_client_id,
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            on_lost=self._lost.set,
+            session_expiry_interval=s.mqtt_session_expiry,
+            receive_maximum=s.mqtt_receive_maximum,
+        )
+        link = Link(client, self._links)
+        handler = client._package_handler
+        # Same object, our subclass: keeps every callback gmqtt wired into it.
+        handler.__class__ = _DeferredAckHandler
+        handler.sink = self._deliver
+        handler.link = link
+        if s.mqtt_username:
+            password = s.mqtt_password.get_secret_value() if s.mqtt_password else None
+            client.set_auth_credentials(s.mqtt_username, password)
+        subacks: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
+
+        def on_subscribe(_client: Any, _mid: int, codes: tuple[int, ...], _props: Any) -> None:
+            if not subacks.done():
+                subacks.set_result(tuple(codes))
+
+        client.on_subscribe = on_subscribe
+        self._client = client
+        try:
+            await asyncio.wait_for(
+                client.connect(s.mqtt_broker_host, s.mqtt_broker_port, keepalive=s.mqtt_keepalive, version=MQTTv50),
+                timeout=s.mqtt_connect_timeout,
+            )
+            # Resubscribe on every connect, whatever session-present says: the broker may have
+            # dropped the session (expiry, restart without persistence).
+            client.subscribe([Subscription(f, qos=q) for f, q in self._filters])
+            codes = await asyncio.wait_for(subacks, timeout=s.mqtt_connect_timeout)
+        except BaseException:
+            self._client = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=2)
+            raise
+        self._link = link
+        self._record_subacks(codes)
+        self.state.connected = True
+        self.state.connected_since = time.time()
+        self.state.connects += 1
+        self.state.last_error = None
+        log.info(
+            "connected to MQTT broker %s:%s as %r; subscribed %d filters",
+            s.mqtt_broker_host,
+            s.mqtt_broker_port,
+            s.mqtt_client_id,
+            sum(1 for q in self.state.subscriptions.values() if q is not None),
+        )
+        self.on_state_change(self.state)
+        return client
+
+    def _record_subacks(self, codes: tuple[int, ...]) -> None:
+        granted: dict[str, int | None] = {}
+        for (flt, _qos), code in zip(self._filters, codes, strict=False):
+            if code >= 0x80:
+                log.error("broker refused subscription %r (reason code 0x%02x)", flt, code)
+                granted[flt] = None
+            else:
+                granted[flt] = code
+        for flt, _qos in self._filters[len(codes) :]:
+            log.error("no SUBACK code for subscription %r", flt)
+            granted[flt] = None
+        self.state.subscriptions = granted
+
+    def _set_disconnected(self, reason: str | None) -> None:
+        if self.state.connected:
+            self.state.disconnects += 1
+            self.state.last_error = reason
+        self.state.connected = False
+        self.state.connected_since = None
+        self.state.subscriptions = {f: None for f, _ in self._filters}
+        self.on_state_change(self.state)
+
+    def _deliver(self, message: InboundMessage) -> None:
+        self._sink(message)
+
+
+def _drop(_message: InboundMessage) -> None:
+    pass

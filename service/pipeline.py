@@ -1,0 +1,114 @@
+"""Per message: route -> middleware -> model -> handler -> records. No gmqtt or SQL here.
+
+Anything that goes wrong becomes a dead-letter record for the same message, so the writer
+commits it and the message is acknowledged: one bad message never blocks the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from service.errors import DecodeError, IngestError, NoRoute, PayloadInvalid, TopicMismatch
+from service.mqtt.message import InboundMessage
+from service.records import DeadLetterRecord, Record
+from service.routing.middleware import Middleware, compose
+from service.routing.router import Route, Router
+
+log = logging.getLogger(__name__)
+
+Outcome = Sequence[Record]
+
+_MAX_ERROR_TEXT = 2_000
+
+
+class MessageContext:
+    """What middleware and handlers know about the message being processed."""
+
+    __slots__ = ("message", "model", "params", "route")
+
+    def __init__(self, message: InboundMessage, route: Route, params: dict[str, Any]) -> None:
+        self.message = message
+        self.route = route
+        self.params = params  # shared with the router's cache: read, do not modify
+        self.model: BaseModel | None = None
+
+    @property
+    def topic(self) -> str:
+        return self.message.topic
+
+    @property
+    def received_at(self) -> datetime:
+        return datetime.fromtimestamp(self.message.received_at, UTC)
+
+    def device_id(self, claimed: str | None) -> str:
+        """The topic's device id; a payload that names another device is refused."""
+        device_id: str = self.params["device_id"]
+        if claimed is not None and claimed != device_id:
+            raise TopicMismatch(f"payload device_id {claimed!r} does not match topic device {device_id!r}")
+        return device_id
+
+    def digest(self) -> bytes:
+        """Identifies a payload for de-duplication where the message has no natural key."""
+        return hashlib.blake2b(self.message.payload, digest_size=16).digest()
+
+
+def dead_letter(message: InboundMessage, exc: BaseException, stage: str | None = None) -> DeadLetterRecord:
+    # PostgreSQL text cannot hold NUL; the raw payload (bytea) keeps the exact bytes anyway.
+    text = (str(exc) or exc.__class__.__name__).replace("\x00", "\ufffd")
+    return DeadLetterRecord(
+        received_at=datetime.fromtimestamp(message.received_at, UTC),
+        topic=message.topic.replace("\x00", "\ufffd"),
+        payload=message.payload,
+        qos=message.qos,
+        stage=stage or (exc.stage if isinstance(exc, IngestError) else "handler"),
+        error_class=exc.__class__.__name__,
+        error_message=text[:_MAX_ERROR_TEXT],
+        digest=hashlib.blake2b(message.payload, digest_size=16).digest(),
+    )
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+async def _validate_and_handle(ctx: MessageContext) -> Outcome:
+    route = ctx.route
+    try:
+        ctx.model = route.model.model_validate_json(ctx.message.payload)
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors(include_url=False)):
+            raise DecodeError(describe(exc)) from None
+        raise PayloadInvalid(describe(exc)) from None
+    return await route.handler(ctx.model, ctx)
+
+
+class Pipeline:
+    def __init__(self, router: Router, middleware: Sequence[Middleware] = ()) -> None:
+        self.router = router
+        self._chain = compose(middleware, _validate_and_handle)
+
+    async def process(self, message: InboundMessage) -> tuple[str | None, Outcome]:
+        """The route's name (None if none matched) and the records to store for the message."""
+        found = self.router.match(message.topic)
+        if found is None:
+            return None, [dead_letter(message, NoRoute(f"no route for topic {message.topic!r}"))]
+        ctx = MessageContext(message, *found)
+        name = ctx.route.name
+        try:
+            return name, await self._chain(ctx)
+        except IngestError as exc:
+            return name, [dead_letter(message, exc)]
+        except Exception as exc:  # a handler bug must not stop ingestion: keep the message
+            log.exception("handler for route %s failed", name)
+            return name, [dead_letter(message, exc, stage="handler")]

@@ -1,0 +1,75 @@
+"""What handlers hand to the writer: one plain record per row-to-be.
+
+Records are the boundary between the typed message world and SQL; the writer turns a batch of
+them into a few multi-row statements. They are NamedTuples, fields in column order, so a batch
+transposes into per-column arrays with one `zip(*records)`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+
+class StatusRecord(NamedTuple):
+    device_id: str
+    ts: datetime
+    is_online: bool
+    ip_address: str | None
+    firmware_version: str | None
+    uptime: int | None
+
+
+class TelemetryRecord(NamedTuple):
+    device_id: str
+    ts: datetime
+    temperature: float | None
+    humidity: float | None
+    voltage: float | None
+    memory_free: int | None
+    extra: str | None  # JSON text
+    received_at: datetime
+
+
+class RelayRecord(NamedTuple):
+    device_id: str
+    relay_index: int
+    ts: datetime
+    state: bool
+    triggered_by: str | None
+    received_at: datetime
+
+
+class DisplayRecord(NamedTuple):
+    device_id: str
+    ts: datetime
+    interaction_type: str
+    screen: str | None
+    element: str | None
+    value: str | None  # JSON text
+    data: str | None  # JSON text
+    digest: bytes
+    received_at: datetime
+
+
+class SystemRecord(NamedTuple):
+    device_id: str
+    kind: str
+    ts: datetime
+    payload: str  # JSON text
+    digest: bytes
+    received_at: datetime
+
+
+class DeadLetterRecord(NamedTuple):
+    received_at: datetime
+    topic: str
+    payload: bytes
+    qos: int
+    stage: str
+    error_class: str
+    error_message: str
+    digest: bytes
+
+
+Record = StatusRecord | TelemetryRecord | RelayRecord | DisplayRecord | SystemRecord | DeadLetterRecord

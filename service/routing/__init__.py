@@ -1,0 +1,1 @@
+"""Topic routing: templates with named parameters, a route table, a middleware chain."""

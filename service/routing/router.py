@@ -1,0 +1,114 @@
+"""The route table: topic template -> Pydantic model -> async handler.
+
+Routes are data: the API lists them, the transport subscribes to their filters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from service.routing.topics import TopicTemplate, compile_topic
+
+if TYPE_CHECKING:
+    from service.pipeline import MessageContext
+    from service.records import Record
+
+Handler = Callable[[Any, "MessageContext"], Awaitable[Sequence["Record"]]]
+
+# Distinct topics seen; a fleet has a handful per device. Past this the cache is simply cleared.
+_MATCH_CACHE_SIZE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    template: str
+    model: type[BaseModel]
+    handler: Handler
+    name: str
+    qos: int = 1
+    topic: TopicTemplate = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "topic", compile_topic(self.template))
+
+    @property
+    def filter(self) -> str:
+        return self.topic.filter
+
+    def __repr__(self) -> str:
+        return f"Route(template={self.template!r}, name={self.name!r}, model={self.model.__name__})"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteGroup:
+    """Routes under a shared topic prefix (like a mounted sub-application)."""
+
+    prefix: str
+    routes: Sequence[Route | RouteGroup]
+
+    def flatten(self, outer: str = "") -> Iterable[Route]:
+        prefix = "/".join(p for p in (outer, self.prefix.strip("/")) if p)
+        for item in self.routes:
+            if isinstance(item, RouteGroup):
+                yield from item.flatten(prefix)
+            else:
+                yield Route(f"{prefix}/{item.template}", item.model, item.handler, item.name, item.qos)
+
+
+class Router:
+    def __init__(self, routes: Sequence[Route | RouteGroup]) -> None:
+        flat: list[Route] = []
+        subscriptions: list[tuple[str, int]] = []
+        for item in routes:
+            if isinstance(item, RouteGroup):
+                group = list(item.flatten())
+                flat.extend(group)
+                # One `prefix/#` per group, so a topic in our namespace that fits no route still
+                # arrives and is dead-lettered as unroutable instead of vanishing at the broker.
+                subscriptions.append((f"{item.prefix.strip('/')}/#", max((r.qos for r in group), default=1)))
+            else:
+                flat.append(item)
+                subscriptions.append((item.filter, item.qos))
+        names = [r.name for r in flat]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicated route names: {dupes}")
+        filters = [r.filter for r in flat]
+        overlapping = sorted({f for f in filters if filters.count(f) > 1})
+        if overlapping:
+            raise ValueError(f"routes share a topic filter: {overlapping}")
+        self.routes: tuple[Route, ...] = tuple(flat)
+        self._subscriptions = subscriptions
+        self._by_name = {r.name: r for r in flat}
+        self._cache: dict[str, tuple[Route, dict[str, Any]] | None] = {}
+
+    def match(self, topic: str) -> tuple[Route, dict[str, Any]] | None:
+        try:
+            return self._cache[topic]
+        except KeyError:
+            pass
+        levels = topic.split("/")
+        found: tuple[Route, dict[str, Any]] | None = None
+        for route in self.routes:
+            params = route.topic.match(levels)
+            if params is not None:
+                found = (route, params)
+                break
+        if len(self._cache) >= _MATCH_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[topic] = found
+        return found
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """(filter, qos) to subscribe: each group's `prefix/#`, and the filters of ungrouped routes."""
+        return list(self._subscriptions)
+
+    def topic_for(self, name: str, **params: Any) -> str:
+        return self._by_name[name].topic.format(**params)
+
+    def __getitem__(self, name: str) -> Route:
+        return self._by_name[name]

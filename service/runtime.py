@@ -1,0 +1,101 @@
+"""Builds the data path and runs it: engine -> writer -> pipeline -> transport up, reverse order down."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import metrics
+from service.config import Settings
+from service.ingest import Ingestor
+from service.mqtt.transport import ConnectionState, MqttTransport
+from service.pipeline import Pipeline
+from service.routes import DEFAULT_MIDDLEWARE, build_router
+from service.routing.router import Router
+from service.storage.db import create_engine, ping
+from service.storage.migrate import upgrade_to_head
+from service.storage.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    router: Router
+    ingestor: Ingestor
+    transport: MqttTransport | None
+    started_at: float = field(default_factory=time.time)
+    db_ok: bool = True
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        engine = create_engine(settings)
+        router = build_router(settings.mqtt_topic_prefix)
+        writer = BatchWriter(
+            engine,
+            batch_size=settings.writer_batch_size,
+            linger=settings.writer_linger_ms / 1000,
+            retry_first_delay=0.05,
+            retry_max_delay=settings.writer_retry_max_delay,
+            last_seen_resolution=settings.device_last_seen_resolution,
+            on_committed=lambda _batch: None,
+        )
+        writer.on_batch = _observe_batch
+        transport: MqttTransport | None = None
+        ingestor = Ingestor(Pipeline(router, DEFAULT_MIDDLEWARE), writer, ack=lambda _m: 0)
+        if settings.mqtt_monitor_enabled:
+            transport = MqttTransport(settings, router.subscriptions(), ingestor.submit)
+            transport.on_state_change = _observe_connection
+            ingestor._ack = transport.ack
+        return cls(settings, engine, router, ingestor, transport)
+
+    async def start(self) -> None:
+        if self.settings.db_migrate_on_start:
+            await upgrade_to_head(self.engine)
+        self.ingestor.start()
+        if self.transport is not None:
+            self.transport.start()
+        else:
+            log.info("MQTT_MONITOR_ENABLED=false: serving HTTP without the subscriber")
+
+    async def stop(self) -> None:
+        grace = self.settings.shutdown_grace_seconds
+        if self.transport is not None:
+            # Take nothing new; commit and acknowledge what we hold, then disconnect.
+            self.transport.pause()
+            drained = await self.ingestor.drain(grace)
+            if not drained:
+                log.warning(
+                    "shutdown grace period over with %d messages uncommitted; the broker redelivers them",
+                    self.ingestor.in_flight,
+                )
+            await self.transport.stop()
+        await self.ingestor.stop()
+        await self.engine.dispose()
+
+    async def check_database(self) -> bool:
+        self.db_ok = await ping(self.engine)
+        return self.db_ok
+
+    @property
+    def connection(self) -> ConnectionState | None:
+        return self.transport.state if self.transport else None
+
+
+def _observe_batch(size: int, seconds: float) -> None:
+    metrics.BATCH_SIZE.observe(size)
+    metrics.DB_WRITE_SECONDS.observe(seconds)
+
+
+def _observe_connection(state: ConnectionState) -> None:
+    metrics.MQTT_CONNECTED.set(1 if state.connected and state.all_subscribed else 0)
+    metrics.MQTT_CONNECTED_SINCE.set(state.connected_since or 0)
+    if state.connected:
+        metrics.MQTT_CONNECTS.inc()
+    else:
+        metrics.MQTT_DISCONNECTS.inc()

@@ -1,0 +1,192 @@
+"""A batch of records -> a few multi-row statements (one `unnest` of column arrays per table).
+
+Every statement is idempotent, because the broker may deliver a message again:
+rows with a natural key use ON CONFLICT DO NOTHING, state upserts apply only newer timestamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from service.records import (
+    DeadLetterRecord,
+    DisplayRecord,
+    Record,
+    RelayRecord,
+    StatusRecord,
+    SystemRecord,
+    TelemetryRecord,
+)
+
+TOUCH_DEVICES = """
+INSERT INTO devices AS d (device_id, last_seen)
+SELECT * FROM unnest($1::text[], $2::timestamptz[])
+ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+WHERE d.last_seen < EXCLUDED.last_seen
+"""
+
+LOCK_STATUS = """
+SELECT device_id, is_online, status_ts FROM devices WHERE device_id = ANY($1::text[]) FOR UPDATE
+"""
+
+UPDATE_STATUS = """
+UPDATE devices AS d
+SET is_online = u.is_online, status_ts = u.ts,
+    ip_address = COALESCE(u.ip_address::inet, d.ip_address),
+    firmware_version = COALESCE(u.firmware_version, d.firmware_version),
+    uptime = COALESCE(u.uptime, d.uptime)
+FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::text[], $5::text[], $6::int8[])
+     AS u(device_id, ts, is_online, ip_address, firmware_version, uptime)
+WHERE d.device_id = u.device_id AND (d.status_ts IS NULL OR d.status_ts < u.ts)
+"""
+
+INSERT_CONNECTIVITY = """
+INSERT INTO connectivity_events (device_id, ts, is_online)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bool[])
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_TELEMETRY = """
+INSERT INTO telemetry (device_id, ts, temperature, humidity, voltage, memory_free, extra, received_at)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
+                     $6::int8[], $7::jsonb[], $8::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_RELAY_HISTORY = """
+INSERT INTO relay_state_history (device_id, relay_index, ts, state, triggered_by, received_at)
+SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::bool[], $5::text[], $6::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+UPSERT_RELAYS = """
+INSERT INTO relays AS r (device_id, relay_index, ts, state, triggered_by)
+SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::bool[], $5::text[])
+ON CONFLICT (device_id, relay_index) DO UPDATE
+SET ts = EXCLUDED.ts, state = EXCLUDED.state, triggered_by = EXCLUDED.triggered_by, updated_at = now()
+WHERE r.ts < EXCLUDED.ts
+"""
+
+INSERT_DISPLAY = """
+INSERT INTO display_interactions
+    (device_id, ts, interaction_type, screen, element, value, data, digest, received_at)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                     $6::jsonb[], $7::jsonb[], $8::bytea[], $9::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_SYSTEM = """
+INSERT INTO system_messages (device_id, kind, ts, payload, digest, received_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[], $5::bytea[], $6::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters AS dl
+    (received_at, last_received_at, topic, payload, qos, stage, error_class, error_message, digest, deliveries)
+SELECT r, r, t, p, q, s, c, m, h, n
+FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::text[], $7::text[],
+            $8::bytea[], $9::int4[]) AS u(r, t, p, q, s, c, m, h, n)
+ON CONFLICT (topic, digest, stage) DO UPDATE
+SET last_received_at = GREATEST(dl.last_received_at, EXCLUDED.last_received_at),
+    deliveries = dl.deliveries + EXCLUDED.deliveries
+"""
+
+
+@dataclass
+class Grouped:
+    telemetry: list[TelemetryRecord] = field(default_factory=list)
+    status: list[StatusRecord] = field(default_factory=list)
+    relays: list[RelayRecord] = field(default_factory=list)
+    display: list[DisplayRecord] = field(default_factory=list)
+    system: list[SystemRecord] = field(default_factory=list)
+    dead: list[DeadLetterRecord] = field(default_factory=list)
+    # device -> when we last heard from it in this batch (our clock: devices' clocks drift)
+    seen: dict[str, float] = field(default_factory=dict)
+
+
+_BUCKET = {
+    TelemetryRecord: "telemetry",
+    StatusRecord: "status",
+    RelayRecord: "relays",
+    DisplayRecord: "display",
+    SystemRecord: "system",
+    DeadLetterRecord: "dead",
+}
+
+
+def group(batch: Sequence[tuple[float, Sequence[Record]]]) -> Grouped:
+    """Records by table, given (received_at, records) per message."""
+    g = Grouped()
+    seen = g.seen
+    for received_at, records in batch:
+        for rec in records:
+            getattr(g, _BUCKET[type(rec)]).append(rec)
+            if not isinstance(rec, DeadLetterRecord):
+                device = rec[0]
+                if received_at > seen.get(device, 0.0):
+                    seen[device] = received_at
+    return g
+
+
+def columns(records: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    if not records:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*records, strict=True)]
+
+
+def connectivity_changes(
+    statuses: Sequence[StatusRecord], current: dict[str, tuple[bool | None, datetime | None]]
+) -> tuple[list[StatusRecord], list[tuple[str, datetime, bool]]]:
+    """The newest status per device and the online/offline transitions, given the stored state.
+
+    Statuses older than the stored one never apply (out-of-order delivery must not move
+    state backwards); newer ones are walked in time order to find each change.
+    """
+    newest: dict[str, StatusRecord] = {}
+    events: list[tuple[str, datetime, bool]] = []
+    for rec in sorted(statuses, key=lambda r: (r.device_id, r.ts)):
+        online, since = current.get(rec.device_id, (None, None))
+        if since is not None and rec.ts <= since:
+            continue
+        if rec.is_online != online:
+            events.append((rec.device_id, rec.ts, rec.is_online))
+        current[rec.device_id] = (rec.is_online, rec.ts)
+        earlier = newest.get(rec.device_id)
+        if earlier is not None:
+            # A field the newest status leaves out keeps the value an earlier one in the batch
+            # gave, as if they had been applied one after the other.
+            rec = rec._replace(
+                ip_address=rec.ip_address if rec.ip_address is not None else earlier.ip_address,
+                firmware_version=rec.firmware_version if rec.firmware_version is not None else earlier.firmware_version,
+                uptime=rec.uptime if rec.uptime is not None else earlier.uptime,
+            )
+        newest[rec.device_id] = rec
+    return list(newest.values()), events
+
+
+def newest_relays(relays: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
+    newest: dict[tuple[str, int], RelayRecord] = {}
+    for r in relays:
+        key = (r.device_id, r.relay_index)
+        have = newest.get(key)
+        if have is None or r.ts > have.ts:
+            newest[key] = r
+    return [(r.device_id, r.relay_index, r.ts, r.state, r.triggered_by) for r in newest.values()]
+
+
+def merged_dead_letters(dead: Sequence[DeadLetterRecord]) -> list[tuple[Any, ...]]:
+    """One row per (topic, digest, stage): a statement may not upsert the same row twice."""
+    merged: dict[tuple[str, bytes, str], list[Any]] = {}
+    for d in dead:
+        key = (d.topic, d.digest, d.stage)
+        row = merged.get(key)
+        if row is None:
+            merged[key] = [d.received_at, d.topic, d.payload, d.qos, d.stage, d.error_class,
+                           d.error_message, d.digest, 1]  # fmt: skip
+        else:
+            row[-1] += 1
+    return [tuple(r) for r in merged.values()]

@@ -1,0 +1,159 @@
+"""Tables (SQLAlchemy 2). The schema itself is created only by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TS = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    # When the service last received anything from the device (service clock, any topic).
+    last_seen: Mapped[datetime] = mapped_column(TS)
+    is_online: Mapped[bool | None] = mapped_column(Boolean)
+    # Timestamp of the status message the columns below come from; older ones never apply.
+    status_ts: Mapped[datetime | None] = mapped_column(TS)
+    ip_address: Mapped[str | None] = mapped_column(INET)
+    firmware_version: Mapped[str | None] = mapped_column(Text)
+    uptime: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index(None, "last_seen"),)
+
+
+class ConnectivityEvent(Base):
+    __tablename__ = "connectivity_events"
+
+    device_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    is_online: Mapped[bool] = mapped_column(Boolean)
+    recorded_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+class TelemetryRow(Base):
+    __tablename__ = "telemetry"
+
+    device_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    temperature: Mapped[float | None] = mapped_column(Double)
+    humidity: Mapped[float | None] = mapped_column(Double)
+    voltage: Mapped[float | None] = mapped_column(Double)
+    memory_free: Mapped[int | None] = mapped_column(BigInteger)
+    extra: Mapped[dict[str, float] | None] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(TS)
+
+    __table_args__ = (Index(None, "ts"),)
+
+
+class Relay(Base):
+    __tablename__ = "relays"
+
+    device_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    relay_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[bool] = mapped_column(Boolean)
+    triggered_by: Mapped[str | None] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(TS)
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+class RelayStateHistory(Base):
+    __tablename__ = "relay_state_history"
+
+    device_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    relay_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    state: Mapped[bool] = mapped_column(Boolean)
+    triggered_by: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(TS)
+
+
+class DisplayInteractionRow(Base):
+    __tablename__ = "display_interactions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(TS)
+    interaction_type: Mapped[str] = mapped_column(Text)
+    screen: Mapped[str | None] = mapped_column(Text)
+    element: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[object | None] = mapped_column(JSONB)
+    data: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    # blake2b-128 of the raw payload: a redelivery carries the same bytes.
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(TS)
+
+    __table_args__ = (
+        Index(None, "device_id", "ts", "digest", unique=True),
+        Index(None, "ts"),
+    )
+
+
+class SystemMessageRow(Base):
+    __tablename__ = "system_messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(TS)
+    payload: Mapped[dict[str, object]] = mapped_column(JSONB)
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(TS)
+
+    __table_args__ = (
+        Index(None, "device_id", "kind", "digest", unique=True),
+        Index(None, "device_id", "ts"),
+    )
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(TS)
+    # The same bad message again (a redelivery, or a device repeating itself) bumps these.
+    last_received_at: Mapped[datetime] = mapped_column(TS)
+    deliveries: Mapped[int] = mapped_column(Integer, server_default="1")
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # exactly as received
+    qos: Mapped[int] = mapped_column(SmallInteger)
+    stage: Mapped[str] = mapped_column(Text)
+    error_class: Mapped[str] = mapped_column(Text)
+    error_message: Mapped[str] = mapped_column(Text)
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        Index(None, "topic", "digest", "stage", unique=True),
+        Index(None, "received_at"),
+        Index(None, "stage", "received_at"),
+    )

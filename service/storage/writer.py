@@ -1,0 +1,241 @@
+"""BatchWriter: collects processed messages, commits them in batches, then lets them be acknowledged.
+
+* A batch closes at `writer_batch_size` messages or `writer_linger_ms` after its first message.
+* One transaction per batch; `on_committed(messages)` runs only after COMMIT returned.
+* Transient failure (connection lost, server restarting, serialization): the batch is retried
+  with backoff and stays unacknowledged; `healthy` is False meanwhile.
+* Permanent failure (the data itself is refused): the batch is split in halves until the
+  refused messages are alone; those become dead letters (stage "storage"), the rest commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.errors import StorageRejected
+from service.mqtt.backoff import full_jitter
+from service.mqtt.message import InboundMessage
+from service.pipeline import dead_letter
+from service.records import Record
+from service.storage import statements as sql
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes that mean "this data can never be stored": data exception, integrity
+# violation, program limit (e.g. a value too large). Everything else is retried.
+_PERMANENT_CLASSES = ("22", "23", "54")
+_MAX_LAST_SEEN_CACHE = 200_000
+
+
+@dataclass(slots=True)
+class Pending:
+    message: InboundMessage
+    records: Sequence[Record]
+    route: str | None
+
+
+def is_permanent(exc: BaseException) -> bool:
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    cause = getattr(exc, "__cause__", None)
+    if not isinstance(exc, asyncpg.PostgresError) and isinstance(cause, asyncpg.PostgresError):
+        exc = cause
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and state[:2] in _PERMANENT_CLASSES
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        batch_size: int,
+        linger: float,
+        retry_first_delay: float = 0.05,
+        retry_max_delay: float = 30.0,
+        last_seen_resolution: float = 1.0,
+        on_committed: Callable[[list[Pending]], None],
+    ) -> None:
+        self._engine = engine
+        self.batch_size = batch_size
+        self.linger = linger
+        self._retry_first = retry_first_delay
+        self._retry_max = retry_max_delay
+        self._resolution = last_seen_resolution
+        self._on_committed = on_committed
+        self._pending: list[Pending] = []
+        self._first_at = 0.0
+        self._nonempty = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # device -> last_seen we committed: a device is written at most once per resolution.
+        self._last_seen: dict[str, float] = {}
+        self.healthy = True
+        self.last_error: str | None = None
+        self.in_commit = 0
+        self.on_batch: Callable[[int, float], None] = lambda _size, _seconds: None
+        self.on_storage_rejected: Callable[[Pending, BaseException], None] = lambda _p, _e: None
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for, or inside, a commit (all unacknowledged)."""
+        return len(self._pending) + self.in_commit
+
+    def add(self, item: Pending) -> None:
+        if not self._pending:
+            self._first_at = time.monotonic()
+            self._nonempty.set()
+            self._idle.clear()
+        self._pending.append(item)
+        if len(self._pending) >= self.batch_size:
+            self._full.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._nonempty.wait()
+            wait = self._first_at + self.linger - time.monotonic()
+            if wait > 0 and len(self._pending) < self.batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), timeout=wait)
+            await self.flush_once()
+
+    async def flush_once(self) -> None:
+        batch = self._pending[: self.batch_size]
+        del self._pending[: self.batch_size]
+        if self._pending:
+            self._first_at = time.monotonic()
+        else:
+            self._nonempty.clear()
+        if len(self._pending) < self.batch_size:
+            self._full.clear()
+        if batch:
+            self.in_commit = len(batch)
+            try:
+                await self._commit_with_retry(batch)
+            finally:
+                self.in_commit = 0
+            self._on_committed(batch)
+        if not self._pending:
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Commit everything pending (used at shutdown)."""
+        while self._pending or self.in_commit:
+            if self.in_commit:
+                await asyncio.sleep(0.01)
+            else:
+                await self.flush_once()
+
+    # -- committing ------------------------------------------------------------------------
+
+    async def _commit_with_retry(self, batch: list[Pending]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                delay = full_jitter(attempt, self._retry_first, self._retry_max)
+                attempt += 1
+                self.healthy = False
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                log.warning(
+                    "database write of %d messages failed (attempt %d: %s); retrying in %.2fs, "
+                    "messages stay unacknowledged",
+                    len(batch),
+                    attempt,
+                    self.last_error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if not self.healthy:
+                log.info("database writes recovered after %d failed attempts", attempt)
+            self.healthy = True
+            self.last_error = None
+            return
+
+    async def _write(self, batch: list[Pending]) -> None:
+        """Commit the batch; isolate and dead-letter messages the database refuses for good."""
+        try:
+            await self._transaction(batch)
+            return
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+            if len(batch) > 1:
+                mid = len(batch) // 2
+                await self._write(batch[:mid])
+                await self._write(batch[mid:])
+                return
+            refused = batch[0]
+            log.warning("database refused message on %r: %s", refused.message.topic, exc)
+            self.on_storage_rejected(refused, exc)
+            refused.records = [dead_letter(refused.message, StorageRejected(f"{exc.__class__.__name__}: {exc}"))]
+            await self._transaction([refused])
+
+    async def _transaction(self, batch: list[Pending]) -> None:
+        g = sql.group([(p.message.received_at, p.records) for p in batch])
+        touch = self._touches(g)
+        started = time.perf_counter()
+        async with self._engine.connect() as sa_conn:
+            raw = await sa_conn.get_raw_connection()
+            conn: asyncpg.Connection = raw.driver_connection
+            try:
+                async with conn.transaction():
+                    await self._execute(conn, g, touch)
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+                await sa_conn.invalidate()
+                raise
+        self.on_batch(len(batch), time.perf_counter() - started)
+        for device, seen in touch:
+            self._last_seen[device] = seen
+        if len(self._last_seen) > _MAX_LAST_SEEN_CACHE:
+            self._last_seen.clear()
+
+    def _touches(self, g: sql.Grouped) -> list[tuple[str, float]]:
+        """Devices whose last_seen must be written: new ones, and any that moved on by the resolution."""
+        must = {s.device_id for s in g.status}
+        out = []
+        for device, seen in g.seen.items():
+            written = self._last_seen.get(device)
+            if written is None or device in must or seen - written >= self._resolution:
+                out.append((device, seen))
+        return out
+
+    async def _execute(self, conn: asyncpg.Connection, g: sql.Grouped, touch: list[tuple[str, float]]) -> None:
+        if touch:
+            await conn.execute(
+                sql.TOUCH_DEVICES, [d for d, _ in touch], [datetime.fromtimestamp(t, UTC) for _, t in touch]
+            )
+        if g.status:
+            rows = await conn.fetch(sql.LOCK_STATUS, list({s.device_id for s in g.status}))
+            current: dict[str, tuple[bool | None, datetime | None]] = {
+                r["device_id"]: (r["is_online"], r["status_ts"]) for r in rows
+            }
+            newest, events = sql.connectivity_changes(g.status, current)
+            if newest:
+                await conn.execute(sql.UPDATE_STATUS, *sql.columns(newest, 6))
+            if events:
+                await conn.execute(sql.INSERT_CONNECTIVITY, *sql.columns(events, 3))
+        if g.telemetry:
+            await conn.execute(sql.INSERT_TELEMETRY, *sql.columns(g.telemetry, 8))
+        if g.relays:
+            await conn.execute(sql.INSERT_RELAY_HISTORY, *sql.columns(g.relays, 6))
+            await conn.execute(sql.UPSERT_RELAYS, *sql.columns(sql.newest_relays(g.relays), 5))
+        if g.display:
+            await conn.execute(sql.INSERT_DISPLAY, *sql.columns(g.display, 9))
+        if g.system:
+            await conn.execute(sql.INSERT_SYSTEM, *sql.columns(g.system, 6))
+        if g.dead:
+            await conn.execute(sql.INSERT_DEAD_LETTERS, *sql.columns(sql.merged_dead_letters(g.dead), 9))

@@ -1,0 +1,169 @@
+"""Fixtures on the real services: a database of the run's own, a Mosquitto of the run's own.
+
+TEST_PG_ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres) names the server; the run
+creates `autocore_test_<hex>` there and drops only that database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from alembic import command
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.main import create_app
+from service.storage.migrate import alembic_config
+from tests.support.broker import Broker
+from tests.support.publisher import Publisher
+
+ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TABLES = (
+    "devices",
+    "connectivity_events",
+    "telemetry",
+    "relays",
+    "relay_state_history",
+    "display_interactions",
+    "system_messages",
+    "dead_letters",
+)
+
+
+def _server_url(dbname: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"autocore_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _server_url(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        command.upgrade(alembic_config(url), "head")
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = Broker(tmp_path_factory.mktemp("mosquitto"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def ns() -> str:
+    """A topic prefix and client-id stem of this test's own."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def publisher(broker: Broker) -> Iterator[Publisher]:
+    p = Publisher(broker.port)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def make_settings(database_url: str, broker_port: int, ns: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "mqtt_broker_host": "127.0.0.1",
+        "mqtt_broker_port": broker_port,
+        "mqtt_client_id": f"{ns}-monitor",
+        "mqtt_topic_prefix": ns,
+        "mqtt_session_expiry": 600,
+        "mqtt_monitor_reconnect_delay": 0.2,
+        "mqtt_reconnect_max_delay": 1.0,
+        "database_url": database_url,
+        "db_migrate_on_start": False,
+        "shutdown_grace_seconds": 5,
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class RunningService:
+    def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.client = client
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+
+ServiceFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def service(database_url: str, broker: Broker, ns: str) -> ServiceFactory:
+    """`async with service(**setting_overrides) as svc:` runs the app's lifespan around the block."""
+
+    @asynccontextmanager
+    async def run(**overrides: Any) -> AsyncIterator[RunningService]:
+        wait_connected = overrides.pop("wait_connected", True)
+        settings = make_settings(
+            overrides.pop("database_url", database_url), overrides.pop("broker_port", broker.port), ns, **overrides
+        )
+        app = create_app(settings)
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=60) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
+                svc = RunningService(app, client)
+                if app.state.runtime.transport is not None and wait_connected:
+                    await eventually(lambda: app.state.runtime.transport.state.connected, timeout=15)
+                yield svc
+
+    return run
+
+
+async def eventually(
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05
+) -> Any:
+    """Poll until `check()` is truthy; fail with the last value after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")

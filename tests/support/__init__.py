@@ -1,0 +1,1 @@
+"""Real-service helpers for the tests: a Mosquitto of our own, a cuttable TCP proxy, a publisher."""

@@ -1,0 +1,73 @@
+"""The schema comes only from Alembic; the models must match it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.storage.migrate import alembic_config
+from service.storage.tables import Base
+from tests.conftest import ADMIN_URL, _server_url
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    name = f"autocore_mig_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _server_url(name)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_single_head() -> None:
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+
+
+def test_upgrade_matches_models_and_downgrade_is_clean(empty_database: str) -> None:
+    cfg = alembic_config(empty_database.replace("postgresql://", "postgresql+asyncpg://", 1))
+    command.upgrade(cfg, "head")
+    async_url = empty_database.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    async def diff() -> list[object]:
+        eng = create_async_engine(async_url)
+        async with eng.connect() as conn:
+            result = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
+            )
+        await eng.dispose()
+        return list(result)
+
+    assert asyncio.run(diff()) == []
+    for revision in reversed(list(ScriptDirectory.from_config(cfg).walk_revisions("base", "heads"))):
+        command.downgrade(cfg, revision.down_revision or "base")
+        command.upgrade(cfg, revision.revision)
+
+    command.downgrade(cfg, "base")
+
+    async def tables() -> list[str]:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        finally:
+            await conn.close()
+        return sorted(r["tablename"] for r in rows)
+
+    assert asyncio.run(tables()) == ["alembic_version"]
