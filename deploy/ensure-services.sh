@@ -51,7 +51,7 @@ ensure_postgres() {
         echo "starting a private PostgreSQL cluster on 127.0.0.1:$port ($dir)" >&2
         _as_root rm -rf "$dir"
         _as_root install -d -o postgres -g postgres "$dir"
-        _as_root runuser -u postgres -- "$bin/initdb" -q -A trust -U postgres -D "$dir/data"
+        _as_root runuser -u postgres -- "$bin/initdb" -A trust -U postgres -D "$dir/data" >/dev/null
         _as_root runuser -u postgres -- "$bin/pg_ctl" -s -D "$dir/data" -l "$dir/log" \
             -o "-c listen_addresses=127.0.0.1 -p $port -k $dir" -w start
     fi

@@ -10,11 +10,12 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.config import load_settings
+from service.storage.db import connect_args
 from service.storage.tables import Base
 
 config = context.config
@@ -28,15 +29,29 @@ def _url() -> str:
     return config.get_main_option("sqlalchemy.url") or load_settings().database_url
 
 
+def _schema() -> str:
+    schema = config.attributes.get("schema")
+    return str(schema) if schema else load_settings().database_schema
+
+
 def do_run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    schema = _schema()
+    # Runs inside the caller's transaction (engine.begin()), before alembic looks for its version
+    # table. Checked first: CREATE SCHEMA IF NOT EXISTS would still need the CREATE privilege.
+    if not connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).scalar():
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    # The connection's search_path names this schema, so the unqualified DDL of the migrations
+    # lands in it; the version table goes there too.
+    context.configure(
+        connection=connection, target_metadata=target_metadata, compare_type=True, version_table_schema=schema
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
-    async with engine.connect() as connection:
+    engine = create_async_engine(_url(), poolclass=pool.NullPool, connect_args=connect_args(_schema()))
+    async with engine.begin() as connection:
         await connection.run_sync(do_run_migrations)
     await engine.dispose()
 

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     mqtt_session_expiry: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 86_400
     # CONNECT Receive Maximum: unacknowledged QoS 1 messages the broker may send us.
     # This is the service's only buffer: memory is bounded by it.
-    mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 2_000
+    mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 4_000
     mqtt_monitor_enabled: bool = True
     mqtt_monitor_log_level: str = "INFO"
     mqtt_monitor_reconnect_delay: Annotated[float, Field(gt=0, le=3600)] = 5.0
@@ -39,11 +39,14 @@ class Settings(BaseSettings):
 
     # Database
     database_url: str = f"{_ASYNC_SCHEME}://postgres@localhost:5432/autocore"
+    # PostgreSQL schema holding the service's tables (created if missing): lets the service share a
+    # database with other applications without name clashes.
+    database_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "public"
     db_migrate_on_start: bool = True
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 5
 
     # Writer
-    writer_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1_000
+    writer_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 2_000
     writer_linger_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
     writer_retry_max_delay: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # Last-seen updates for a device are coalesced to at most one per this many seconds.

@@ -14,7 +14,7 @@ async def device_status(msg: DeviceStatus, ctx: MessageContext) -> Outcome:
     return [
         StatusRecord(
             device_id=ctx.device_id(msg.device_id),
-            ts=msg.timestamp or ctx.received_at,
+            ts=ctx.timestamp(msg.timestamp),
             is_online=msg.status == "online",
             ip_address=str(msg.ip_address) if msg.ip_address is not None else None,
             firmware_version=msg.firmware_version,
@@ -26,16 +26,17 @@ async def device_status(msg: DeviceStatus, ctx: MessageContext) -> Outcome:
 async def telemetry(msg: Telemetry, ctx: MessageContext) -> Outcome:
     received_at = ctx.received_at
     extra = msg.__pydantic_extra__
+    # The busiest route: positional fields (in TelemetryRecord's order) build it twice as fast.
     return [
         TelemetryRecord(
-            device_id=ctx.device_id(msg.device_id),
-            ts=msg.timestamp or received_at,
-            temperature=msg.temperature,
-            humidity=msg.humidity,
-            voltage=msg.voltage,
-            memory_free=msg.memory_free,
-            extra=json.dumps(extra) if extra else None,
-            received_at=received_at,
+            ctx.device_id(msg.device_id),
+            ctx.timestamp(msg.timestamp),
+            msg.temperature,
+            msg.humidity,
+            msg.voltage,
+            msg.memory_free,
+            json.dumps(extra) if extra else None,
+            received_at,
         )
     ]
 
@@ -49,7 +50,7 @@ async def relay_status(msg: RelayStatus, ctx: MessageContext) -> Outcome:
         RelayRecord(
             device_id=ctx.device_id(msg.device_id),
             relay_index=relay,
-            ts=msg.timestamp or received_at,
+            ts=ctx.timestamp(msg.timestamp),
             state=msg.state,
             triggered_by=msg.triggered_by,
             received_at=received_at,
@@ -62,7 +63,7 @@ async def display_interaction(msg: DisplayInteraction, ctx: MessageContext) -> O
     return [
         DisplayRecord(
             device_id=ctx.device_id(msg.device_id),
-            ts=msg.timestamp or received_at,
+            ts=ctx.timestamp(msg.timestamp),
             interaction_type=msg.interaction_type,
             screen=msg.screen,
             element=msg.element,
@@ -80,7 +81,7 @@ async def system_message(msg: SystemMessage, ctx: MessageContext) -> Outcome:
         SystemRecord(
             device_id=ctx.device_id(msg.device_id),
             kind=ctx.params["kind"],
-            ts=msg.timestamp or received_at,
+            ts=ctx.timestamp(msg.timestamp),
             # The object exactly as sent (it parsed, so it is valid UTF-8 JSON).
             payload=ctx.message.payload.decode(),
             digest=ctx.digest(),

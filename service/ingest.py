@@ -35,10 +35,22 @@ class IngestStats:
 
 
 class Ingestor:
-    def __init__(self, pipeline: Pipeline, writer: BatchWriter, ack: Callable[[Sequence[InboundMessage]], int]):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        writer: BatchWriter,
+        ack: Callable[[Sequence[InboundMessage]], int],
+        window: int = 65535,
+    ) -> None:
         self.pipeline = pipeline
         self.writer = writer
         self._ack = ack
+        # Flow control: at `window` unacknowledged messages, ask the transport to stop reading;
+        # resume below three quarters of it.
+        self.window = window
+        self._resume_below = max(1, window * 3 // 4)
+        self.hold_reading: Callable[[bool], None] = lambda _hold: None
+        self._holding = False
         self.stats = IngestStats()
         self._inbox: deque[InboundMessage] = deque()
         self._arrived = asyncio.Event()
@@ -52,6 +64,11 @@ class Ingestor:
     def submit(self, message: InboundMessage) -> None:
         self._inbox.append(message)
         self._arrived.set()
+        # Checked on every message, not only on the transition: a connection made while we were
+        # holding (after a reconnect) must be held too.
+        if len(self._inbox) + self.writer.backlog >= self.window:
+            self._holding = True
+            self.hold_reading(True)
 
     def start(self) -> None:
         self._tasks = [
@@ -86,31 +103,35 @@ class Ingestor:
                 continue
             self.stats.messages_received += n
             self.stats.last_message_time = inbox[-1].received_at
-            routes: Counter[str | None] = Counter()
             while inbox:
                 message = inbox.popleft()
                 route, records = await process(message)
-                routes[route] += 1
                 add(Pending(message, records, route))
-            for route, count in routes.items():
-                metrics.MESSAGES_RECEIVED.labels(route or "unrouted").inc(count)
             metrics.LAST_MESSAGE.set(self.stats.last_message_time)
             metrics.IN_FLIGHT.set(self.in_flight)
 
     def _committed(self, batch: list[Pending]) -> None:
         sent = self._ack([p.message for p in batch])
+        # Counted per batch, not per message: one pass, then one increment per label.
+        received: Counter[str | None] = Counter()
         stored: Counter[str] = Counter()
         dead: Counter[str] = Counter()
         for p in batch:
+            received[p.route] += 1
             first = p.records[0] if p.records else None
-            if isinstance(first, DeadLetterRecord):
+            if type(first) is DeadLetterRecord:
                 dead[first.stage] += 1
             elif p.route is not None:
                 stored[p.route] += 1
+        for route, n in received.items():
+            metrics.MESSAGES_RECEIVED.labels(route or "unrouted").inc(n)
         for route, n in stored.items():
             metrics.MESSAGES_STORED.labels(route).inc(n)
         for stage, n in dead.items():
             metrics.DEAD_LETTERS.labels(stage).inc(n)
+        if self._holding and self.in_flight < self._resume_below:
+            self._holding = False
+            self.hold_reading(False)
         n_dead = sum(dead.values())
         self.stats.messages_processed += len(batch)
         self.stats.dead_letters += n_dead

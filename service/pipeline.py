@@ -43,8 +43,13 @@ class MessageContext:
         return self.message.topic
 
     @property
-    def received_at(self) -> datetime:
-        return datetime.fromtimestamp(self.message.received_at, UTC)
+    def received_at(self) -> float:
+        """When the service received the message (epoch seconds)."""
+        return self.message.received_at
+
+    def timestamp(self, claimed: datetime | None) -> datetime:
+        """The message's own time, or the time we received it when the device sent none."""
+        return claimed if claimed is not None else datetime.fromtimestamp(self.message.received_at, UTC)
 
     def device_id(self, claimed: str | None) -> str:
         """The topic's device id; a payload that names another device is refused."""
@@ -62,7 +67,7 @@ def dead_letter(message: InboundMessage, exc: BaseException, stage: str | None =
     # PostgreSQL text cannot hold NUL; the raw payload (bytea) keeps the exact bytes anyway.
     text = (str(exc) or exc.__class__.__name__).replace("\x00", "\ufffd")
     return DeadLetterRecord(
-        received_at=datetime.fromtimestamp(message.received_at, UTC),
+        received_at=message.received_at,
         topic=message.topic.replace("\x00", "\ufffd"),
         payload=message.payload,
         qos=message.qos,
@@ -103,7 +108,7 @@ class Pipeline:
         found = self.router.match(message.topic)
         if found is None:
             return None, [dead_letter(message, NoRoute(f"no route for topic {message.topic!r}"))]
-        ctx = MessageContext(message, *found)
+        ctx = MessageContext(message, found[0], found[1])
         name = ctx.route.name
         try:
             return name, await self._chain(ctx)

@@ -28,7 +28,7 @@ class TelemetryRecord(NamedTuple):
     voltage: float | None
     memory_free: int | None
     extra: str | None  # JSON text
-    received_at: datetime
+    received_at: float  # epoch seconds (cheaper to send than a datetime; to_timestamp() in SQL)
 
 
 class RelayRecord(NamedTuple):
@@ -37,7 +37,7 @@ class RelayRecord(NamedTuple):
     ts: datetime
     state: bool
     triggered_by: str | None
-    received_at: datetime
+    received_at: float  # epoch seconds (cheaper to send than a datetime; to_timestamp() in SQL)
 
 
 class DisplayRecord(NamedTuple):
@@ -49,7 +49,7 @@ class DisplayRecord(NamedTuple):
     value: str | None  # JSON text
     data: str | None  # JSON text
     digest: bytes
-    received_at: datetime
+    received_at: float  # epoch seconds (cheaper to send than a datetime; to_timestamp() in SQL)
 
 
 class SystemRecord(NamedTuple):
@@ -58,11 +58,11 @@ class SystemRecord(NamedTuple):
     ts: datetime
     payload: str  # JSON text
     digest: bytes
-    received_at: datetime
+    received_at: float  # epoch seconds (cheaper to send than a datetime; to_timestamp() in SQL)
 
 
 class DeadLetterRecord(NamedTuple):
-    received_at: datetime
+    received_at: float  # epoch seconds (cheaper to send than a datetime; to_timestamp() in SQL)
     topic: str
     payload: bytes
     qos: int

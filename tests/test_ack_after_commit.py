@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -73,3 +74,25 @@ async def test_writes_resume_after_the_database_returns(
         assert (await svc.client.get("/health/mqtt-monitor")).status_code == 200
     assert await db.fetchval("SELECT count(DISTINCT ts) FROM telemetry") == 10
     assert await db.fetchval("SELECT count(*) FROM telemetry") == 10
+
+
+async def test_memory_stays_bounded_while_the_database_is_away(
+    service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str, db_proxy: CuttableProxy,
+    database_url: str,
+) -> None:  # fmt: skip
+    # Mosquitto with max_queued_messages 0 sends past our Receive Maximum; the service then stops
+    # reading the socket, so what it holds is the window plus at most one read buffer.
+    window, total = 100, 3000
+    async with service(database_url=via(db_proxy, database_url), mqtt_receive_maximum=window) as svc:
+        db_proxy.cut()
+        stamps = [f"2025-07-01T00:{i // 60:02d}:{i % 60:02d}Z" for i in range(total)]
+        messages = [(f"{ns}/D{i % 10}/telemetry", {"temperature": i, "timestamp": stamps[i]}) for i in range(total)]
+        await asyncio.to_thread(publisher.publish_many, messages)
+        await eventually(lambda: svc.runtime.ingestor.in_flight >= window, timeout=15)
+        await asyncio.sleep(1.0)
+        held = svc.runtime.ingestor.in_flight
+        assert window <= held < window + 1000, held
+        db_proxy.restore()
+        await eventually(lambda: svc.runtime.ingestor.stats.messages_processed >= total, timeout=60)
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == total
+    assert await db.fetchval("SELECT count(DISTINCT (device_id, ts)) FROM telemetry") == total

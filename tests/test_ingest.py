@@ -192,3 +192,18 @@ async def test_message_published_while_stopped_is_stored_on_start(
     async with service() as svc:
         await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 1)
     assert await count(db, "telemetry") == 1
+
+
+async def test_tables_in_their_own_schema(
+    service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str
+) -> None:
+    schema = f"s_{ns}"
+    try:
+        async with service(database_schema=schema, db_migrate_on_start=True) as svc:
+            publisher.publish(f"{ns}/D1/telemetry", {"temperature": 7.5, "timestamp": "2025-06-01T00:00:00Z"})
+            await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 1)
+        assert await db.fetchval(f"SELECT temperature FROM {schema}.telemetry") == 7.5
+        assert await db.fetchval(f"SELECT count(*) FROM {schema}.alembic_version") == 1
+        assert await count(db, "telemetry") == 0  # nothing in public
+    finally:
+        await db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

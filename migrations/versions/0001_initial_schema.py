@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 00:17:19.824990
+Create Date: 2026-11-23 00:41:37.997950
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-
     op.create_table(
         "connectivity_events",
-        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(collation="C"), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("is_online", sa.Boolean(), nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
@@ -35,10 +34,10 @@ def upgrade() -> None:
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("deliveries", sa.Integer(), server_default="1", nullable=False),
-        sa.Column("topic", sa.Text(), nullable=False),
+        sa.Column("topic", sa.Text(collation="C"), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("qos", sa.SmallInteger(), nullable=False),
-        sa.Column("stage", sa.Text(), nullable=False),
+        sa.Column("stage", sa.Text(collation="C"), nullable=False),
         sa.Column("error_class", sa.Text(), nullable=False),
         sa.Column("error_message", sa.Text(), nullable=False),
         sa.Column("digest", sa.LargeBinary(), nullable=False),
@@ -51,7 +50,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "devices",
-        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(collation="C"), nullable=False),
         sa.Column("first_seen", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
         sa.Column("is_online", sa.Boolean(), nullable=True),
@@ -65,7 +64,7 @@ def upgrade() -> None:
     op.create_table(
         "display_interactions",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
-        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(collation="C"), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("interaction_type", sa.Text(), nullable=False),
         sa.Column("screen", sa.Text(), nullable=True),
@@ -85,7 +84,7 @@ def upgrade() -> None:
     op.create_index(op.f("ix_display_interactions_ts"), "display_interactions", ["ts"], unique=False)
     op.create_table(
         "relay_state_history",
-        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(collation="C"), nullable=False),
         sa.Column("relay_index", sa.Integer(), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("state", sa.Boolean(), nullable=False),
@@ -95,7 +94,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "relays",
-        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(collation="C"), nullable=False),
         sa.Column("relay_index", sa.Integer(), nullable=False),
         sa.Column("state", sa.Boolean(), nullable=False),
         sa.Column("triggered_by", sa.Text(), nullable=True),
@@ -106,8 +105,8 @@ def upgrade() -> None:
     op.create_table(
         "system_messages",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
-        sa.Column("device_id", sa.Text(), nullable=False),
-        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(collation="C"), nullable=False),
+        sa.Column("kind", sa.Text(collation="C"), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("digest", sa.LargeBinary(), nullable=False),
@@ -123,7 +122,7 @@ def upgrade() -> None:
     op.create_index(op.f("ix_system_messages_device_id_ts"), "system_messages", ["device_id", "ts"], unique=False)
     op.create_table(
         "telemetry",
-        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(collation="C"), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("temperature", sa.Double(), nullable=True),
         sa.Column("humidity", sa.Double(), nullable=True),
@@ -133,12 +132,9 @@ def upgrade() -> None:
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("device_id", "ts", name=op.f("pk_telemetry")),
     )
-    op.create_index(op.f("ix_telemetry_ts"), "telemetry", ["ts"], unique=False)
 
 
 def downgrade() -> None:
-
-    op.drop_index(op.f("ix_telemetry_ts"), table_name="telemetry")
     op.drop_table("telemetry")
     op.drop_index(op.f("ix_system_messages_device_id_ts"), table_name="system_messages")
     op.drop_index(op.f("ix_system_messages_device_id_kind_digest"), table_name="system_messages")

@@ -15,8 +15,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=2,
         # A PostgreSQL restart leaves dead connections in the pool; test each on checkout.
         pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": "autocore-monitor"}, "timeout": 10},
+        connect_args=connect_args(settings.database_schema),
     )
+
+
+def connect_args(schema: str) -> dict[str, object]:
+    server_settings = {"application_name": "autocore-monitor", "search_path": schema}
+    return {"server_settings": server_settings, "timeout": 10}
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

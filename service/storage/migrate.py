@@ -33,8 +33,9 @@ def _upgrade(connection: Connection, cfg: Config) -> None:
     command.upgrade(cfg, "head")
 
 
-async def upgrade_to_head(engine: AsyncEngine) -> None:
+async def upgrade_to_head(engine: AsyncEngine, schema: str = "public") -> None:
     cfg = alembic_config()
+    cfg.attributes["schema"] = schema
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade, cfg)
     log.info("database schema is at the newest migration")

@@ -23,7 +23,7 @@ from service.records import (
 
 TOUCH_DEVICES = """
 INSERT INTO devices AS d (device_id, last_seen)
-SELECT * FROM unnest($1::text[], $2::timestamptz[])
+SELECT device_id, to_timestamp(seen) FROM unnest($1::text[], $2::float8[]) AS u(device_id, seen)
 ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
 WHERE d.last_seen < EXCLUDED.last_seen
 """
@@ -51,14 +51,16 @@ ON CONFLICT DO NOTHING
 
 INSERT_TELEMETRY = """
 INSERT INTO telemetry (device_id, ts, temperature, humidity, voltage, memory_free, extra, received_at)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
-                     $6::int8[], $7::jsonb[], $8::timestamptz[])
+SELECT d, ts, t, h, v, m, e, to_timestamp(r)
+FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
+            $6::int8[], $7::jsonb[], $8::float8[]) AS u(d, ts, t, h, v, m, e, r)
 ON CONFLICT DO NOTHING
 """
 
 INSERT_RELAY_HISTORY = """
 INSERT INTO relay_state_history (device_id, relay_index, ts, state, triggered_by, received_at)
-SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::bool[], $5::text[], $6::timestamptz[])
+SELECT d, i, ts, s, t, to_timestamp(r)
+FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::bool[], $5::text[], $6::float8[]) AS u(d, i, ts, s, t, r)
 ON CONFLICT DO NOTHING
 """
 
@@ -73,22 +75,24 @@ WHERE r.ts < EXCLUDED.ts
 INSERT_DISPLAY = """
 INSERT INTO display_interactions
     (device_id, ts, interaction_type, screen, element, value, data, digest, received_at)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                     $6::jsonb[], $7::jsonb[], $8::bytea[], $9::timestamptz[])
+SELECT d, ts, i, s, e, v, j, h, to_timestamp(r)
+FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+            $6::jsonb[], $7::jsonb[], $8::bytea[], $9::float8[]) AS u(d, ts, i, s, e, v, j, h, r)
 ON CONFLICT DO NOTHING
 """
 
 INSERT_SYSTEM = """
 INSERT INTO system_messages (device_id, kind, ts, payload, digest, received_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[], $5::bytea[], $6::timestamptz[])
+SELECT d, k, ts, p, h, to_timestamp(r)
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[], $5::bytea[], $6::float8[]) AS u(d, k, ts, p, h, r)
 ON CONFLICT DO NOTHING
 """
 
 INSERT_DEAD_LETTERS = """
 INSERT INTO dead_letters AS dl
     (received_at, last_received_at, topic, payload, qos, stage, error_class, error_message, digest, deliveries)
-SELECT r, r, t, p, q, s, c, m, h, n
-FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::text[], $7::text[],
+SELECT to_timestamp(r), to_timestamp(r), t, p, q, s, c, m, h, n
+FROM unnest($1::float8[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::text[], $7::text[],
             $8::bytea[], $9::int4[]) AS u(r, t, p, q, s, c, m, h, n)
 ON CONFLICT (topic, digest, stage) DO UPDATE
 SET last_received_at = GREATEST(dl.last_received_at, EXCLUDED.last_received_at),

@@ -16,11 +16,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import StorageRejected
 from service.mqtt.backoff import full_jitter
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # violation, program limit (e.g. a value too large). Everything else is retried.
 _PERMANENT_CLASSES = ("22", "23", "54")
 _MAX_LAST_SEEN_CACHE = 200_000
+_TRANSACTION_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
@@ -81,6 +82,8 @@ class BatchWriter:
         self._idle.set()
         # device -> last_seen we committed: a device is written at most once per resolution.
         self._last_seen: dict[str, float] = {}
+        self._sa_conn: AsyncConnection | None = None
+        self._raw: asyncpg.Connection | None = None
         self.healthy = True
         self.last_error: str | None = None
         self.in_commit = 0
@@ -188,20 +191,40 @@ class BatchWriter:
         g = sql.group([(p.message.received_at, p.records) for p in batch])
         touch = self._touches(g)
         started = time.perf_counter()
-        async with self._engine.connect() as sa_conn:
-            raw = await sa_conn.get_raw_connection()
-            conn: asyncpg.Connection = raw.driver_connection
-            try:
+        try:
+            # A connection that stops answering (half-open) must not hold the batch forever.
+            async with asyncio.timeout(_TRANSACTION_TIMEOUT):
+                conn = await self._connection()
                 async with conn.transaction():
                     await self._execute(conn, g, touch)
-            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-                await sa_conn.invalidate()
-                raise
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):  # TimeoutError is an OSError
+            await self._drop_connection()
+            raise
         self.on_batch(len(batch), time.perf_counter() - started)
         for device, seen in touch:
             self._last_seen[device] = seen
         if len(self._last_seen) > _MAX_LAST_SEEN_CACHE:
             self._last_seen.clear()
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The writer's own connection, held across batches (a pool checkout would ping every time)."""
+        if self._sa_conn is None or self._sa_conn.closed or self._raw is None or self._raw.is_closed():
+            await self._drop_connection()
+            self._sa_conn = await self._engine.connect()
+            raw = await self._sa_conn.get_raw_connection()
+            self._raw = raw.driver_connection
+        return self._raw
+
+    async def _drop_connection(self) -> None:
+        sa_conn, self._sa_conn, self._raw = self._sa_conn, None, None
+        if sa_conn is not None:
+            with contextlib.suppress(Exception):
+                await sa_conn.invalidate()
+            with contextlib.suppress(Exception):
+                await sa_conn.close()
+
+    async def close(self) -> None:
+        await self._drop_connection()
 
     def _touches(self, g: sql.Grouped) -> list[tuple[str, float]]:
         """Devices whose last_seen must be written: new ones, and any that moved on by the resolution."""
@@ -215,9 +238,7 @@ class BatchWriter:
 
     async def _execute(self, conn: asyncpg.Connection, g: sql.Grouped, touch: list[tuple[str, float]]) -> None:
         if touch:
-            await conn.execute(
-                sql.TOUCH_DEVICES, [d for d, _ in touch], [datetime.fromtimestamp(t, UTC) for _, t in touch]
-            )
+            await conn.execute(sql.TOUCH_DEVICES, *sql.columns(touch, 2))
         if g.status:
             rows = await conn.fetch(sql.LOCK_STATUS, list({s.device_id for s in g.status}))
             current: dict[str, tuple[bool | None, datetime | None]] = {

@@ -29,7 +29,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 class Broker:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(binary):
             raise RuntimeError("mosquitto is not installed (bash .ci/run installs it)")
@@ -39,6 +39,9 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
+        # Started as root, Mosquitto drops to the `mosquitto` user, which cannot enter pytest's 0700
+        # temporary directories: without `user root` persistence and the log are silently not written.
+        as_root = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
@@ -47,7 +50,9 @@ class Broker:
             "autosave_interval 1\n"
             "max_queued_messages 0\n"
             f"log_dest file {workdir}/mosquitto.log\n"
+            f"{as_root}{extra_conf}"
         )
+        self.log = workdir / "mosquitto.log"
 
     def start(self) -> None:
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""AutoCore Monitor benchmark: one command, numbers comparable with the referee harness.
+
+    .venv/bin/python bench/bench.py all            # telemetry x3, paced latency, mixed, scale
+    .venv/bin/python bench/bench.py telemetry -m 200000 --repeat 3 [--peers nodered-batched]
+    .venv/bin/python bench/bench.py paced -m 30000 --rate 1000
+    .venv/bin/python bench/bench.py mixed -m 200000
+    .venv/bin/python bench/bench.py scale          # 10k, 100k, 1M messages: cost per message
+
+The referee harness (../shared/bench: run.py, loadgen.py) is used as a library: its driver runs
+the `telemetry`, `paced` and `scale` scenarios with the sink entry in bench/autocore.toml (plus the
+`mosquitto-sub` ceiling, and peers when the harness copy has them installed); its raw MQTT
+generator publishes the `mixed` scenario (status + telemetry + relay on one fleet), measured here.
+
+The benchmark runs its own PostgreSQL cluster (track_commit_timestamp on, for exact commit
+times) and its own Mosquitto (the harness's config) under bench/.state, on BENCH_PGPORT (5433)
+and BENCH_MQTT_PORT (1884), and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+STATE = BENCH / ".state"
+SINK_TOML = BENCH / "autocore.toml"
+
+
+# ---------------------------------------------------------------------------------- services
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def services(harness: Path, pg_port: int, mqtt_port: int) -> Iterator[None]:
+    """PostgreSQL and Mosquitto of the benchmark's own; stops only what it started."""
+    pg_bin = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
+    pgdata = STATE / "pgdata"
+    started: list[str] = []
+    STATE.mkdir(exist_ok=True)
+    if not _port_open(pg_port) and not (pgdata / "PG_VERSION").exists():
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(pgdata, "postgres", "postgres")
+            shutil.chown(STATE, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(pg_bin / "initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        with open(pgdata / "postgresql.conf", "a") as conf:
+            # As the harness's cluster: durability defaults, commit timestamps for the latency.
+            conf.write(f"listen_addresses = '127.0.0.1'\nport = {pg_port}\nunix_socket_directories = '{STATE}'\n"
+                       "max_connections = 200\nshared_buffers = 512MB\nmax_wal_size = 4GB\n"
+                       "checkpoint_timeout = 15min\ntrack_commit_timestamp = on\n")  # fmt: skip
+    if not _port_open(pg_port):
+        subprocess.run(_as_postgres([str(pg_bin / "pg_ctl"), "-D", str(pgdata), "-l", str(STATE / "postgres.log"),
+                                     "-w", "-t", "60", "start"]), check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        started.append("pg")
+    psql_admin = ["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d", "postgres"]
+    # Fails harmlessly when the database exists already.
+    subprocess.run([*psql_admin, "-qc", "CREATE DATABASE bench"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = None
+    if not _port_open(mqtt_port):
+        mq_state = STATE / "mosquitto"
+        mq_state.mkdir(exist_ok=True)
+        conf_text = (harness / "mosquitto.conf.in").read_text()
+        conf_text = conf_text.replace("@STATE@", str(STATE)).replace("@MQPORT@", str(mqtt_port))
+        (STATE / "logs").mkdir(exist_ok=True)
+        (STATE / "mosquitto.conf").write_text(conf_text)
+        if os.geteuid() == 0:
+            for p in (mq_state, STATE / "logs"):
+                shutil.chown(p, "mosquitto")
+        broker = subprocess.Popen(["mosquitto", "-c", str(STATE / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        for _ in range(100):
+            if _port_open(mqtt_port):
+                break
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+        if "pg" in started:
+            subprocess.run(_as_postgres([str(pg_bin / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "stop"]),
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- harness
+def load_harness(harness: Path) -> tuple[ModuleType, ModuleType]:
+    sys.path.insert(0, str(harness))
+    import loadgen
+    import run as referee
+
+    # The harness writes its run directories next to itself; ours go under bench/.state.
+    referee.STATE = str(STATE / "referee")
+    referee.PY = sys.executable
+    return referee, loadgen
+
+
+def referee_run(referee: ModuleType, argv: list[str]) -> None:
+    results = STATE / "results.jsonl"
+    saved = sys.argv
+    sys.argv = ["run.py", "--config", str(SINK_TOML), "--results", str(results), *argv]
+    try:
+        referee.main()
+    finally:
+        sys.argv = saved
+
+
+# ---------------------------------------------------------------------------------- mixed scenario
+def mixed_message(loadgen: ModuleType, devices: int, k: int) -> tuple[str, bytes, str]:
+    """Message k of the mixed scenario: per device, every 10th a status, 2 in 10 a relay, the rest telemetry."""
+    d, s = k % devices, k // devices
+    did = loadgen.device_id(d, devices)
+    ts = loadgen.BASE.timestamp() + s + (d % 1000) / 1000
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{d % 1000:03d}Z"
+    slot = s % 10
+    if slot == 0:
+        online = (s // 10) % 7 != 6  # now and then offline
+        body = {"status": "online" if online else "offline", "ip_address": f"10.0.{d // 250}.{d % 250 + 1}",
+                "firmware_version": "1.2.0", "uptime": s, "timestamp": stamp}  # fmt: skip
+        return f"autocore/{did}/status", json.dumps(body).encode(), "status"
+    if slot in (3, 7):
+        relay = (s // 10) % 4
+        body = {"relay_index": relay, "state": bool((s // 10) % 2), "triggered_by": "schedule", "timestamp": stamp}
+        return f"autocore/{did}/relay/{relay}/status", json.dumps(body).encode(), "relay"
+    t, h, v, m = loadgen.values(k, devices)
+    body = {"device_id": did, "temperature": t, "humidity": h, "voltage": v, "memory_free": m, "timestamp": stamp}
+    return f"autocore/{did}/telemetry", json.dumps(body).encode(), "telemetry"
+
+
+def sink_env(pg_port: int, mqtt_port: int) -> dict[str, str]:
+    entry = tomllib.loads(SINK_TOML.read_text())["sinks"]["autocore"]
+    values = {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(mqtt_port), "PGUSER": "postgres", "PGHOST": "127.0.0.1",
+              "PGPORT": str(pg_port), "PGDATABASE": "bench"}  # fmt: skip
+    env = {k: v.format(**values) for k, v in entry["env"].items()}
+    return {**os.environ, **env, "MQTT_CLIENT_ID": "autocore-bench-mixed"}
+
+
+def psql(pg_port: int, sql: str) -> list[list[str]]:
+    out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d", "bench", "-AtF,",
+                          "-c", sql], check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return [line.split(",") for line in out.splitlines() if line]
+
+
+def run_mixed(loadgen: ModuleType, messages: int, devices: int, pg_port: int, mqtt_port: int) -> dict[str, Any]:
+    import asyncio
+    from array import array
+
+    import psutil
+
+    kinds: dict[str, int] = {"status": 0, "relay": 0, "telemetry": 0}
+    table = [mixed_message(loadgen, devices, k) for k in range(messages)]
+    for _t, _p, kind in table:
+        kinds[kind] += 1
+    loadgen.message = lambda k, _n: table[k][:2]  # the harness's raw generator publishes our messages
+
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--port", "8091", "--log-level",
+                             "warning", "--no-access-log"], cwd=ROOT, env=sink_env(pg_port, mqtt_port),
+                            stdout=open(STATE / "mixed-sink.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115  # fmt: skip
+    try:
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen("http://127.0.0.1:8091/health/mqtt-monitor", timeout=1)
+                break
+            time.sleep(0.1)
+        schema = "autocore_bench"
+        psql(pg_port, f"TRUNCATE {schema}.telemetry, {schema}.relay_state_history, {schema}.relays, "
+                      f"{schema}.devices, {schema}.connectivity_events, {schema}.dead_letters")  # fmt: skip
+        args = argparse.Namespace(host="127.0.0.1", port=mqtt_port, devices=devices, messages=messages,
+                                  connections=8, window=256, rate=0.0, qos=1, ack_timeout=120.0)  # fmt: skip
+        times = array("d", bytes(8 * messages))
+        peak = 0
+        sampler = psutil.Process(proc.pid)
+        acked, _t0, _sent, _t_acked = asyncio.run(loadgen.run_raw(args, loadgen.plan(args), times))
+        deadline = time.time() + 180
+        expected_rows = kinds["telemetry"] + kinds["relay"]
+        while time.time() < deadline:
+            peak = max(peak, sampler.memory_info().rss)
+            body = json.load(urllib.request.urlopen("http://127.0.0.1:8091/health/mqtt-monitor", timeout=2))
+            if body["messages_processed"] >= messages:
+                break
+            time.sleep(0.1)
+        cpu = sampler.cpu_times()
+        ((tel, tel_d),) = [
+            [int(x) for x in r]
+            for r in psql(pg_port, f"SELECT count(*), count(DISTINCT (device_id, ts)) FROM {schema}.telemetry")
+        ]
+        ((rel, rel_d),) = [
+            [int(x) for x in r]
+            for r in psql(
+                pg_port,
+                f"SELECT count(*), count(DISTINCT (device_id, relay_index, ts)) FROM {schema}.relay_state_history",
+            )
+        ]
+        ((last_commit,),) = psql(
+            pg_port,
+            f"""SELECT max(c) FROM (
+            SELECT max(extract(epoch FROM pg_xact_commit_timestamp(xmin))) c FROM {schema}.telemetry
+            UNION ALL SELECT max(extract(epoch FROM pg_xact_commit_timestamp(xmin))) FROM {schema}.relay_state_history
+            UNION ALL SELECT max(extract(epoch FROM pg_xact_commit_timestamp(xmin))) FROM {schema}.devices) x""",
+        )
+        ((dead,),) = psql(pg_port, f"SELECT count(*) FROM {schema}.dead_letters")
+        ((statused,),) = psql(pg_port, f"SELECT count(*) FROM {schema}.devices WHERE status_ts IS NOT NULL")
+        seconds = float(last_commit) - min(times)
+        return {
+            "messages": messages, "acked_by_broker": acked, "seconds": round(seconds, 2),
+            "msgs_per_s": round(messages / seconds), "telemetry": f"{tel}/{kinds['telemetry']}",
+            "relay_history": f"{rel}/{kinds['relay']}", "status_msgs": kinds["status"],
+            "devices_with_status": int(statused), "lost": expected_rows - min(tel_d + rel_d, expected_rows),
+            "dupes": (tel - tel_d) + (rel - rel_d), "dead_letters": int(dead),
+            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu.user + cpu.system, 1),
+        }  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+# ---------------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", choices=("telemetry", "paced", "mixed", "scale", "all"))
+    p.add_argument("-m", "--messages", type=int)
+    p.add_argument("-n", "--devices", type=int, default=500)
+    p.add_argument("-r", "--rate", type=float, default=1000.0, help="paced scenario: msgs/s")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--peers", nargs="*", default=[], help="more sinks of the harness, e.g. nodered-batched")
+    p.add_argument("--harness", type=Path, default=Path(os.environ.get("BENCH_HARNESS", ROOT.parent / "shared/bench")))
+    args = p.parse_args()
+    pg_port = int(os.environ.get("BENCH_PGPORT", "5433"))
+    mqtt_port = int(os.environ.get("BENCH_MQTT_PORT", "1884"))
+    os.environ.update(PGPORT=str(pg_port), MQTT_PORT=str(mqtt_port), PGHOST="127.0.0.1", PGUSER="postgres",
+                      PGDATABASE="bench")  # fmt: skip
+    referee, loadgen = load_harness(args.harness.resolve())
+    todo = ["telemetry", "paced", "mixed", "scale"] if args.scenario == "all" else [args.scenario]
+    with services(args.harness.resolve(), pg_port, mqtt_port):
+        for scenario in todo:
+            print(f"\n## {scenario}", flush=True)
+            if scenario == "telemetry":
+                m = args.messages or 200_000
+                referee_run(referee, ["-m", str(m), "-n", str(args.devices), "--repeat", str(args.repeat),
+                                      "--tag", "telemetry", "mosquitto-sub", *args.peers, "autocore"])  # fmt: skip
+            elif scenario == "paced":
+                m = args.messages or 30_000
+                referee_run(referee, ["-m", str(m), "-r", str(args.rate), "--repeat", str(min(args.repeat, 2)),
+                                      "--tag", "paced", *args.peers, "autocore"])  # fmt: skip
+            elif scenario == "mixed":
+                m = args.messages or 200_000
+                runs = [run_mixed(loadgen, m, args.devices, pg_port, mqtt_port) for _ in range(args.repeat)]
+                for r in runs:
+                    print(json.dumps(r), flush=True)
+                print("median msgs/s:", statistics.median(r["msgs_per_s"] for r in runs), flush=True)
+            elif scenario == "scale":
+                for m in (10_000, 100_000, 1_000_000):
+                    referee_run(referee, ["-m", str(m), "-n", str(args.devices), "--tag", f"scale-{m}",
+                                          "--timeout", "600", "autocore"])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
