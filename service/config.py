@@ -54,6 +54,12 @@ class Settings(BaseSettings):
 
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
 
+    # HTTP API
+    # Bearer token for mutating endpoints (dead-letter replay); unset disables them (403).
+    api_token: SecretStr | None = None
+    # No message for this many seconds while devices are known turns health "degraded"; 0 = off.
+    health_stale_after_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+
     @field_validator("mqtt_monitor_log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -103,6 +109,6 @@ def load_settings(**overrides: Any) -> Settings:
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
         raise SettingsError(
             f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})"
-            if name not in ("MQTT_PASSWORD", "DATABASE_URL")
+            if name not in ("MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN")
             else f"invalid setting {name}: {first['msg']}"
         ) from None

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service import metrics
 from service.mqtt.message import InboundMessage
@@ -32,6 +32,7 @@ class IngestStats:
     dead_letters: int = 0
     errors: int = 0
     last_message_time: float | None = None
+    per_route: Counter[str] = field(default_factory=Counter)  # committed messages by route name
 
 
 class Ingestor:
@@ -125,6 +126,7 @@ class Ingestor:
                 stored[p.route] += 1
         for route, n in received.items():
             metrics.MESSAGES_RECEIVED.labels(route or "unrouted").inc(n)
+            self.stats.per_route[route or "unrouted"] += n
         for route, n in stored.items():
             metrics.MESSAGES_STORED.labels(route).inc(n)
         for stage, n in dead.items():

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from service import logs
-from service.api import health
+from service.api import dead_letters, devices, health, metrics, routes_table
 from service.config import Settings, load_settings
 from service.runtime import Runtime
+
+log = logging.getLogger("service")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,9 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings)
         app.state.runtime = runtime
-        import logging
-
-        logging.getLogger("service").info(
+        log.info(
             "starting: broker %s:%s, database %s",
             settings.mqtt_broker_host,
             settings.mqtt_broker_port,
@@ -36,9 +39,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="AutoCore Monitor", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="AutoCore Monitor",
+        version="0.1.0",
+        description="MQTT device fleet -> PostgreSQL. Times are ISO 8601 UTC.",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
-    app.include_router(health.router)
+    for module in (health, metrics, devices, routes_table, dead_letters):
+        app.include_router(module.router)
+
+    @app.exception_handler(sa_exc.SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # The database being away is not a bug of the request: say so, and that retrying may help.
+        log.warning("request failed on the database: %s", exc.__class__.__name__)
+        return JSONResponse({"detail": f"database unavailable ({exc.__class__.__name__})"}, status_code=503)
+
     return app
 
 

@@ -33,3 +33,4 @@ MQTT_CONNECTED_SINCE = Gauge(
 )
 LAST_MESSAGE = Gauge("autocore_last_message_timestamp_seconds", "Unix time the last message was received")
 DEVICES_ONLINE = Gauge("autocore_devices_online", "Devices whose latest status is online")
+MQTT_CONNECTION_UPTIME = Gauge("autocore_mqtt_connection_uptime_seconds", "Seconds the current broker connection is up")

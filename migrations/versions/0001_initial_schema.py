@@ -41,6 +41,10 @@ def upgrade() -> None:
         sa.Column("error_class", sa.Text(), nullable=False),
         sa.Column("error_message", sa.Text(), nullable=False),
         sa.Column("digest", sa.LargeBinary(), nullable=False),
+        sa.Column("replays", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_replay_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_replay_error", sa.Text(), nullable=True),
+        sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dead_letters")),
     )
     op.create_index(op.f("ix_dead_letters_received_at"), "dead_letters", ["received_at"], unique=False)

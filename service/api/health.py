@@ -1,22 +1,32 @@
+"""Health that tells the truth: liveness, readiness, and the monitor's own status.
+
+"Connected but silent" is the failure operators of tools like this meet most: a feed with known
+devices and no message for HEALTH_STALE_AFTER_SECONDS turns the status "degraded".
+"""
+
 from __future__ import annotations
 
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from service.api.deps import RuntimeDep
 from service.runtime import Runtime
+from service.storage import queries
 
 router = APIRouter(tags=["health"])
 
 
 class MonitorHealth(BaseModel):
     status: Literal["healthy", "degraded", "unhealthy"]
+    reasons: list[str]
     monitor_enabled: bool
     broker_connected: bool
     subscriptions_granted: bool
+    subscriptions: dict[str, int | None]
     database_ok: bool
     last_message_time: str | None
     seconds_since_last_message: float | None
@@ -24,7 +34,13 @@ class MonitorHealth(BaseModel):
     errors_count: int
     messages_in_flight: int
     uptime_seconds: float
+    connection_uptime_seconds: float | None
     last_error: str | None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reasons: list[str]
 
 
 def _iso(ts: float | None) -> str | None:
@@ -33,44 +49,77 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
-def monitor_health(rt: Runtime) -> MonitorHealth:
+def _problems(rt: Runtime) -> list[str]:
+    """What makes the service unable to do its job right now (empty when it can)."""
+    problems = []
+    conn = rt.connection
+    if conn is not None:
+        if not conn.connected:
+            problems.append("not connected to the MQTT broker")
+        elif not conn.all_subscribed:
+            refused = [f for f, q in conn.subscriptions.items() if q is None]
+            problems.append(f"subscriptions not granted: {', '.join(refused)}")
+    if not rt.db_ok:
+        problems.append("database does not answer")
+    elif not rt.ingestor.writer.healthy:
+        problems.append("database writes are failing (messages held unacknowledged)")
+    return problems
+
+
+async def monitor_health(rt: Runtime) -> MonitorHealth:
+    await rt.check_database()
     stats = rt.ingestor.stats
     conn = rt.connection
-    writer = rt.ingestor.writer
-    connected = bool(conn and conn.connected)
-    subscribed = bool(conn and conn.all_subscribed)
-    db_ok = rt.db_ok and writer.healthy
-    if rt.transport is None:
-        status = "healthy" if db_ok else "unhealthy"
-    elif connected and subscribed and db_ok:
-        status = "healthy"
-    else:
-        status = "unhealthy"
     now = time.time()
     last = stats.last_message_time
+    reasons = _problems(rt)
+    status: Literal["healthy", "degraded", "unhealthy"] = "unhealthy" if reasons else "healthy"
+    window = rt.settings.health_stale_after_seconds
+    if status == "healthy" and conn is not None and window > 0:
+        quiet_since = last or conn.connected_since or rt.started_at
+        if now - quiet_since > window and rt.db_ok and await queries.devices_known(rt.engine) > 0:
+            status = "degraded"
+            reasons.append(f"no message for {now - quiet_since:.0f}s (HEALTH_STALE_AFTER_SECONDS={window:g})")
+    since = conn.connected_since if conn else None
     return MonitorHealth(
         status=status,
-        monitor_enabled=rt.transport is not None,
-        broker_connected=connected,
-        subscriptions_granted=subscribed,
-        database_ok=db_ok,
+        reasons=reasons,
+        monitor_enabled=conn is not None,
+        broker_connected=bool(conn and conn.connected),
+        subscriptions_granted=bool(conn and conn.all_subscribed),
+        subscriptions=dict(conn.subscriptions) if conn else {},
+        database_ok=rt.db_ok and rt.ingestor.writer.healthy,
         last_message_time=_iso(last),
         seconds_since_last_message=round(now - last, 3) if last is not None else None,
         messages_processed=stats.messages_processed,
         errors_count=stats.errors,
         messages_in_flight=rt.ingestor.in_flight,
         uptime_seconds=round(now - rt.started_at, 3),
-        last_error=writer.last_error or (conn.last_error if conn else None),
+        connection_uptime_seconds=round(now - since, 3) if since else None,
+        last_error=rt.ingestor.writer.last_error or (conn.last_error if conn else None),
     )
 
 
 @router.get(
     "/health/mqtt-monitor",
     response_model=MonitorHealth,
-    responses={503: {"model": MonitorHealth, "description": "not healthy"}},
+    responses={503: {"model": MonitorHealth, "description": "degraded or unhealthy"}},
 )
-async def mqtt_monitor_health(request: Request) -> Any:
-    rt: Runtime = request.app.state.runtime
-    await rt.check_database()
-    body = monitor_health(rt)
+async def mqtt_monitor_health(runtime: RuntimeDep) -> Any:
+    body = await monitor_health(runtime)
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "healthy" else 503)
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The process and its event loop answer (nothing else is checked: restarting would not help)."""
+    return {"status": "alive"}
+
+
+@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+async def ready(runtime: RuntimeDep) -> Any:
+    """Broker connected, every subscription granted, database answering: safe to count on."""
+    await runtime.check_database()
+    reasons = _problems(runtime)
+    body = Readiness(ready=not reasons, reasons=reasons)
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

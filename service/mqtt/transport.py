@@ -32,6 +32,7 @@ from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
 
+from service import metrics
 from service.config import Settings
 from service.mqtt.backoff import full_jitter
 from service.mqtt.message import InboundMessage
@@ -237,6 +238,7 @@ class MqttTransport:
                 delay = full_jitter(attempt, s.mqtt_monitor_reconnect_delay, s.mqtt_reconnect_max_delay)
                 attempt += 1
                 self.state.failed_attempts = attempt
+                metrics.ERRORS.labels("mqtt_connect").inc()
                 self.state.last_error = f"{exc.__class__.__name__}: {str(exc) or 'no answer in time'}"
                 self.state.next_attempt_in = delay
                 level = logging.WARNING if attempt <= 3 or attempt % 10 == 0 else logging.INFO

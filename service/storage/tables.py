@@ -154,6 +154,11 @@ class DeadLetter(Base):
     error_class: Mapped[str] = mapped_column(Text)
     error_message: Mapped[str] = mapped_column(Text)
     digest: Mapped[bytes] = mapped_column(LargeBinary)
+    # Replays (POST /dead-letters/{id}/replay): a successful one resolves the row, which is kept.
+    replays: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_replay_at: Mapped[datetime | None] = mapped_column(TS)
+    last_replay_error: Mapped[str | None] = mapped_column(Text)
+    resolved_at: Mapped[datetime | None] = mapped_column(TS)
 
     __table_args__ = (
         Index(None, "topic", "digest", "stage", unique=True),

@@ -22,6 +22,7 @@ import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service import metrics
 from service.errors import StorageRejected
 from service.mqtt.backoff import full_jitter
 from service.mqtt.message import InboundMessage
@@ -152,6 +153,7 @@ class BatchWriter:
                 attempt += 1
                 self.healthy = False
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
+                metrics.ERRORS.labels("database_write").inc()
                 log.warning(
                     "database write of %d messages failed (attempt %d: %s); retrying in %.2fs, "
                     "messages stay unacknowledged",
@@ -205,6 +207,11 @@ class BatchWriter:
             self._last_seen[device] = seen
         if len(self._last_seen) > _MAX_LAST_SEEN_CACHE:
             self._last_seen.clear()
+
+    async def write_in(self, conn: asyncpg.Connection, batch: list[Pending]) -> None:
+        """Write these messages' records inside the caller's transaction (replays: nothing to acknowledge)."""
+        g = sql.group([(p.message.received_at, p.records) for p in batch])
+        await self._execute(conn, g, list(g.seen.items()))
 
     async def _connection(self) -> asyncpg.Connection:
         """The writer's own connection, held across batches (a pool checkout would ping every time)."""

@@ -1,0 +1,235 @@
+"""Read queries for the HTTP API (SQL kept here, next to the tables it reads)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+METRICS = ("temperature", "humidity", "voltage", "memory_free")
+_DEVICE_COLUMNS = (
+    "device_id, is_online, first_seen, last_seen, status_ts, host(ip_address) AS ip_address, firmware_version, uptime"
+)
+DEVICE_SORTS = {"device_id": "device_id", "last_seen": "last_seen", "-last_seen": "last_seen DESC"}
+
+
+async def _rows(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(text(sql), params)
+        return [dict(r) for r in result.mappings()]
+
+
+async def device_page(
+    engine: AsyncEngine,
+    *,
+    online: bool | None,
+    seen_since: datetime | None,
+    q: str | None,
+    sort: str,
+    limit: int,
+    offset: int,
+) -> tuple[list[dict[str, Any]], int]:
+    where: list[str] = ["true"]
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if online is not None:
+        where.append("is_online IS NOT DISTINCT FROM :online")
+        params["online"] = online
+    if seen_since is not None:
+        where.append("last_seen >= :since")
+        params["since"] = seen_since
+    if q:
+        where.append("strpos(lower(device_id), lower(:q)) > 0")
+        params["q"] = q
+    cond = " AND ".join(where)
+    order = DEVICE_SORTS[sort]
+    rows = await _rows(
+        engine,
+        f"SELECT {_DEVICE_COLUMNS}, count(*) OVER () AS total FROM devices WHERE {cond} "
+        f"ORDER BY {order}, device_id LIMIT :limit OFFSET :offset",
+        params,
+    )
+    if rows:
+        total = int(rows[0]["total"])
+    else:
+        total = int((await _rows(engine, f"SELECT count(*) AS n FROM devices WHERE {cond}", params))[0]["n"])
+    for r in rows:
+        r.pop("total", None)
+    return rows, total
+
+
+async def device(engine: AsyncEngine, device_id: str) -> dict[str, Any] | None:
+    rows = await _rows(engine, f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = :d", {"d": device_id})
+    return rows[0] if rows else None
+
+
+async def latest_telemetry(engine: AsyncEngine, device_id: str) -> dict[str, Any] | None:
+    rows = await _rows(
+        engine,
+        "SELECT ts, temperature, humidity, voltage, memory_free, extra, received_at "
+        "FROM telemetry WHERE device_id = :d ORDER BY ts DESC LIMIT 1",
+        {"d": device_id},
+    )
+    return rows[0] if rows else None
+
+
+async def relays(engine: AsyncEngine, device_id: str) -> list[dict[str, Any]]:
+    return await _rows(
+        engine,
+        "SELECT relay_index, state, triggered_by, ts FROM relays WHERE device_id = :d ORDER BY relay_index",
+        {"d": device_id},
+    )
+
+
+def _window(params: dict[str, Any], start: datetime | None, end: datetime | None) -> str:
+    cond = ""
+    if start is not None:
+        cond += " AND ts >= :start"
+        params["start"] = start
+    if end is not None:
+        cond += " AND ts < :end"
+        params["end"] = end
+    return cond
+
+
+async def telemetry(
+    engine: AsyncEngine, device_id: str, start: datetime | None, end: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"d": device_id, "limit": limit}
+    cond = _window(params, start, end)
+    return await _rows(
+        engine,
+        "SELECT ts, temperature, humidity, voltage, memory_free, extra, received_at "
+        f"FROM telemetry WHERE device_id = :d{cond} ORDER BY ts LIMIT :limit",
+        params,
+    )
+
+
+async def telemetry_buckets(
+    engine: AsyncEngine, device_id: str, width: timedelta, start: datetime | None, end: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"d": device_id, "limit": limit, "width": width}
+    cond = _window(params, start, end)
+    aggregates = ", ".join(
+        f"avg({m})::float8 AS {m}_avg, min({m})::float8 AS {m}_min, max({m})::float8 AS {m}_max, "
+        f"count({m}) AS {m}_count"
+        for m in METRICS
+    )
+    return await _rows(
+        engine,
+        f"SELECT date_bin(:width, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS start, count(*) AS n, {aggregates} "
+        f"FROM telemetry WHERE device_id = :d{cond} GROUP BY 1 ORDER BY 1 LIMIT :limit",
+        params,
+    )
+
+
+async def relay_history(
+    engine: AsyncEngine, device_id: str, relay: int, start: datetime | None, end: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"d": device_id, "r": relay, "limit": limit}
+    cond = _window(params, start, end)
+    return await _rows(
+        engine,
+        "SELECT ts, state, triggered_by, received_at FROM relay_state_history "
+        f"WHERE device_id = :d AND relay_index = :r{cond} ORDER BY ts LIMIT :limit",
+        params,
+    )
+
+
+async def connectivity(
+    engine: AsyncEngine, device_id: str, start: datetime | None, end: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"d": device_id, "limit": limit}
+    cond = _window(params, start, end)
+    return await _rows(
+        engine,
+        f"SELECT ts, is_online FROM connectivity_events WHERE device_id = :d{cond} ORDER BY ts LIMIT :limit",
+        params,
+    )
+
+
+_DL_COLUMNS = (
+    "id, received_at, last_received_at, deliveries, topic, payload, qos, stage, error_class, "
+    "error_message, replays, last_replay_at, last_replay_error, resolved_at"
+)
+
+
+def _dead_letter_filter(
+    params: dict[str, Any],
+    stage: str | None,
+    topic: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    resolved: bool | None,
+) -> str:
+    where = ["true"]
+    if stage is not None:
+        where.append("stage = :stage")
+        params["stage"] = stage
+    if topic is not None:
+        # MQTT-style: a trailing '#' matches the rest of the topic, otherwise the exact topic.
+        if topic.endswith("#"):
+            where.append("starts_with(topic, :topic)")
+            params["topic"] = topic[:-1]
+        else:
+            where.append("topic = :topic")
+            params["topic"] = topic
+    if since is not None:
+        where.append("received_at >= :since")
+        params["since"] = since
+    if until is not None:
+        where.append("received_at < :until")
+        params["until"] = until
+    if resolved is not None:
+        where.append("resolved_at IS NOT NULL" if resolved else "resolved_at IS NULL")
+    return " AND ".join(where)
+
+
+async def dead_letter_page(
+    engine: AsyncEngine,
+    *,
+    stage: str | None,
+    topic: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    resolved: bool | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[dict[str, Any]], int]:
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    cond = _dead_letter_filter(params, stage, topic, since, until, resolved)
+    rows = await _rows(
+        engine, f"SELECT {_DL_COLUMNS} FROM dead_letters WHERE {cond} ORDER BY id LIMIT :limit OFFSET :offset", params
+    )
+    total = (await _rows(engine, f"SELECT count(*) AS n FROM dead_letters WHERE {cond}", params))[0]["n"]
+    return rows, int(total)
+
+
+async def dead_letter(engine: AsyncEngine, dead_letter_id: int) -> dict[str, Any] | None:
+    rows = await _rows(engine, f"SELECT {_DL_COLUMNS} FROM dead_letters WHERE id = :id", {"id": dead_letter_id})
+    return rows[0] if rows else None
+
+
+async def dead_letter_ids(
+    engine: AsyncEngine,
+    *,
+    stage: str | None,
+    topic: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> Sequence[int]:
+    params: dict[str, Any] = {"limit": limit}
+    cond = _dead_letter_filter(params, stage, topic, since, until, resolved=False)
+    rows = await _rows(engine, f"SELECT id FROM dead_letters WHERE {cond} ORDER BY id LIMIT :limit", params)
+    return [int(r["id"]) for r in rows]
+
+
+async def devices_online(engine: AsyncEngine) -> int:
+    return int((await _rows(engine, "SELECT count(*) AS n FROM devices WHERE is_online", {}))[0]["n"])
+
+
+async def devices_known(engine: AsyncEngine) -> int:
+    return int((await _rows(engine, "SELECT count(*) AS n FROM devices", {}))[0]["n"])
