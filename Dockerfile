@@ -41,7 +41,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     DB_MIGRATE_ON_START=true
 USER 10001:10001
 EXPOSE 8000
-# Python's own HTTP client, so the image needs no curl. 503 (unhealthy) raises, and so exits 1.
+# Python's own HTTP client, so the image needs no curl. A 503 (unhealthy, or degraded: a silent feed)
+# raises, so the check exits 1; Docker only reports it (orchestrators use /health/live and /health/ready).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/mqtt-monitor', timeout=4)"]
 # On SIGTERM the service commits and acknowledges what it holds (SHUTDOWN_GRACE_SECONDS) before it

@@ -31,6 +31,8 @@ from gmqtt import Client, Subscription
 from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
+from gmqtt.mqtt.package import Package
+from gmqtt.mqtt.protocol import MQTTProtocol
 
 from service import metrics
 from service.config import Settings
@@ -136,6 +138,49 @@ class _Connection(MQTTConnection):  # type: ignore[misc]
         if not self._transport.is_reading() and not self._transport.is_closing():
             self._last_data_in = time.monotonic()
         super()._keep_connection()
+
+
+class _Protocol(MQTTProtocol):  # type: ignore[misc]
+    """gmqtt's protocol with a leaner packet loop: a PUBLISH goes straight to the handler's parser
+    (no Package tuple, no per-packet dispatch or clock read); other packets take gmqtt's path."""
+
+    def _read_packet(self, data: bytes) -> int:
+        conn = self._connection
+        handler = conn._handler
+        if handler.current_connection is not conn:
+            return int(super()._read_packet(data))  # a superseded connection: gmqtt drops its packets
+        publish = handler._handle_publish_packet
+        size = len(data)
+        pos = 0
+        while size - pos >= 2:
+            cmd = data[pos]
+            length, shift, i = 0, 0, pos + 1
+            while True:  # remaining length: a variable byte integer of at most 4 bytes
+                if i >= size:
+                    length = -1
+                    break
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    return -1  # malformed: gmqtt resets the connection
+            end = i + length
+            if length < 0 or end > size:
+                break
+            if cmd & 0xF0 == 0x30:
+                try:
+                    publish(cmd, data[i:end])
+                except Exception:
+                    log.exception("malformed PUBLISH packet dropped (it stays unacknowledged)")
+            else:
+                conn.put_package(Package(cmd, data[i:end]))
+            pos = end
+        if pos:
+            conn._last_data_in = time.monotonic()
+        return pos
 
 
 @dataclass
@@ -300,6 +345,7 @@ class MqttTransport:
                 timeout=s.mqtt_connect_timeout,
             )
             client._connection.__class__ = _Connection
+            client._connection._protocol.__class__ = _Protocol
             # Resubscribe on every connect, whatever session-present says: the broker may have
             # dropped the session (expiry, restart without persistence).
             client.subscribe([Subscription(f, qos=q) for f, q in self._filters])
