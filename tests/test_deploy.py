@@ -324,7 +324,8 @@ def test_compose_stack(compose_project: Path) -> None:
             if vol.get("type") == "bind" or source.startswith("/"):
                 assert Path(source).exists(), f"{name}: {source}"
 
-    # The simulator's command is one its own parser accepts.
+    # The simulator runs the image `monitor` builds, and its command is one its own parser accepts.
+    assert svc["simulator"]["image"] == monitor["image"] and "build" not in svc["simulator"]
     command = svc["simulator"]["command"]
     assert command[:3] == ["python", "-m", "service.simulate"]
     args = build_parser().parse_args(command[3:])
