@@ -1,17 +1,17 @@
 """Fixtures on the real services: a database of the run's own, a Mosquitto of the run's own.
 
 TEST_PG_ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres) names the server; the run
-creates `autocore_test_<hex>` there and drops only that database.
+creates `autocore_test_<hex>` there and drops only that database (tests/support/database.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,14 +20,16 @@ import pytest
 from alembic import command
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 from service.config import Settings
 from service.main import create_app
 from service.storage.migrate import alembic_config
 from tests.support.broker import Broker
+from tests.support.database import temporary_database
+from tests.support.proxy import CuttableProxy
 from tests.support.publisher import Publisher
 
-ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = (
     "devices",
     "connectivity_events",
@@ -40,29 +42,12 @@ TABLES = (
 )
 
 
-def _server_url(dbname: str) -> str:
-    base, _, _ = ADMIN_URL.rpartition("/")
-    return f"{base}/{dbname}"
-
-
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    name = f"autocore_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(ADMIN_URL)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = _server_url(name).replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        command.upgrade(alembic_config(url), "head")
-        yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with temporary_database("autocore_test") as url:
+        async_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        command.upgrade(alembic_config(async_url), "head")
+        yield async_url
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +58,32 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, for tests that kill or restart it."""
+    b = Broker(tmp_path / "broker")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+async def db_proxy(database_url: str) -> AsyncIterator[CuttableProxy]:
+    """A cuttable TCP proxy in front of the test database (see `via`)."""
+    url = make_url(database_url)
+    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+def via(proxy: CuttableProxy, database_url: str) -> str:
+    """The database URL routed through the proxy."""
+    return make_url(database_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
 
 @pytest.fixture

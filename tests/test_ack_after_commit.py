@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import ServiceFactory, eventually
+from tests.conftest import ServiceFactory, eventually, via
 from tests.support.proxy import CuttableProxy
 from tests.support.publisher import Publisher
-
-
-@pytest.fixture
-async def db_proxy(database_url: str) -> AsyncIterator[CuttableProxy]:
-    url = make_url(database_url)
-    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
-
-
-def via(proxy: CuttableProxy, database_url: str) -> str:
-    url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
-    return url.render_as_string(hide_password=False)
 
 
 async def test_uncommitted_message_is_redelivered_and_stored_once(

@@ -1,25 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
-import pytest
 
 from tests.conftest import ServiceFactory, eventually
 from tests.support.broker import Broker
 from tests.support.publisher import Publisher
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 async def test_live_and_ready_follow_the_broker(service: ServiceFactory, own_broker: Broker) -> None:

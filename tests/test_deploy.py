@@ -42,8 +42,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import service.metrics  # noqa: F401  (registers the metrics the dashboard may use)
 from service.config import Settings
 from service.simulate.__main__ import build_parser, fleet_config
-from tests.conftest import ADMIN_URL, ServiceFactory
+from tests.conftest import ServiceFactory
 from tests.support.broker import Broker, free_port, wait_port
+from tests.support.database import temporary_database
 from tests.support.publisher import Publisher
 from tests.support.service_process import ServiceProcess
 
@@ -153,20 +154,8 @@ def test_dockerfile_lint() -> None:
 
 @pytest.fixture
 def empty_database() -> Iterator[str]:
-    name = f"autocore_image_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(ADMIN_URL)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{ADMIN_URL.rpartition('/')[0]}/{name}"
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with temporary_database("autocore_image") as url:
+        yield url
 
 
 class ImageLayoutProcess(ServiceProcess):

@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import eventually
+from tests.conftest import eventually, via
 from tests.support.broker import Broker
 from tests.support.proxy import CuttableProxy
 from tests.support.publisher import Publisher, StreamPublisher
@@ -56,29 +55,6 @@ def record(request: pytest.FixtureRequest, figures: dict[str, dict[str, Any]]) -
         print(f"[{request.node.name}] " + ", ".join(f"{k}={v}" for k, v in entry.items()))
 
     return put
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
-async def db_proxy(database_url: str) -> AsyncIterator[CuttableProxy]:
-    url = make_url(database_url)
-    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
-
-
-def via(proxy: CuttableProxy, database_url: str) -> str:
-    return make_url(database_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
 
 @pytest.fixture

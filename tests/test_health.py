@@ -1,23 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import ServiceFactory, eventually
 from tests.support.broker import Broker
 from tests.support.publisher import Publisher
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 async def test_health_reports_counts(service: ServiceFactory, publisher: Publisher, ns: str) -> None:

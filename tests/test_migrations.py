@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import asyncpg
@@ -16,25 +15,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.storage.migrate import alembic_config
 from service.storage.tables import Base
-from tests.conftest import ADMIN_URL, _server_url
+from tests.support.database import temporary_database
 
 
 @pytest.fixture
 def empty_database() -> Iterator[str]:
-    name = f"autocore_mig_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(ADMIN_URL)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield _server_url(name)
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with temporary_database("autocore_mig") as url:
+        yield url
 
 
 def test_single_head() -> None:
