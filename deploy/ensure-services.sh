@@ -26,6 +26,9 @@ ensure_packages() {
         echo "installing: ${missing[*]}" >&2
         _apt_install "${missing[@]}"
     fi
+}
+
+ensure_test_tools() {
     # tests/test_deploy.py validates compose.yaml with `docker-compose config`, which needs no engine;
     # without recommends, so no Docker engine comes with it.
     if ! command -v docker-compose >/dev/null 2>&1; then

@@ -79,6 +79,7 @@ async def test_unknown_device_is_registered(
     device = await db.fetchrow("SELECT * FROM devices WHERE device_id = 'NEW_DEVICE_9'")
     assert device is not None
     assert abs((device["last_seen"] - datetime.now(UTC)).total_seconds()) < 60
+    assert device["first_seen"] == device["last_seen"]  # both: when the service first heard of it
     assert device["is_online"] is None  # no status message yet
 
 

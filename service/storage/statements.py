@@ -22,8 +22,8 @@ from service.records import (
 )
 
 TOUCH_DEVICES = """
-INSERT INTO devices AS d (device_id, last_seen)
-SELECT device_id, to_timestamp(seen) FROM unnest($1::text[], $2::float8[]) AS u(device_id, seen)
+INSERT INTO devices AS d (device_id, first_seen, last_seen)
+SELECT device_id, to_timestamp(seen), to_timestamp(seen) FROM unnest($1::text[], $2::float8[]) AS u(device_id, seen)
 ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
 WHERE d.last_seen < EXCLUDED.last_seen
 """
