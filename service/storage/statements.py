@@ -32,15 +32,20 @@ LOCK_STATUS = """
 SELECT device_id, is_online, status_ts FROM devices WHERE device_id = ANY($1::text[]) FOR UPDATE
 """
 
-UPDATE_STATUS = """
-UPDATE devices AS d
-SET is_online = u.is_online, status_ts = u.ts,
-    ip_address = COALESCE(u.ip_address::inet, d.ip_address),
-    firmware_version = COALESCE(u.firmware_version, d.firmware_version),
-    uptime = COALESCE(u.uptime, d.uptime)
-FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::text[], $5::text[], $6::int8[])
-     AS u(device_id, ts, is_online, ip_address, firmware_version, uptime)
-WHERE d.device_id = u.device_id AND (d.status_ts IS NULL OR d.status_ts < u.ts)
+UPSERT_STATUS = """
+INSERT INTO devices AS d
+    (device_id, first_seen, last_seen, is_online, status_ts, ip_address, firmware_version, uptime)
+SELECT u.device_id, to_timestamp(u.seen), to_timestamp(u.seen), u.is_online, u.ts, u.ip_address::inet,
+       u.firmware_version, u.uptime
+FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::text[], $5::text[], $6::int8[], $7::float8[])
+     AS u(device_id, ts, is_online, ip_address, firmware_version, uptime, seen)
+ON CONFLICT (device_id) DO UPDATE
+SET is_online = EXCLUDED.is_online, status_ts = EXCLUDED.status_ts,
+    ip_address = COALESCE(EXCLUDED.ip_address, d.ip_address),
+    firmware_version = COALESCE(EXCLUDED.firmware_version, d.firmware_version),
+    uptime = COALESCE(EXCLUDED.uptime, d.uptime),
+    last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen)
+WHERE d.status_ts IS NULL OR d.status_ts < EXCLUDED.status_ts
 """
 
 INSERT_CONNECTIVITY = """
