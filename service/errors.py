@@ -35,6 +35,3 @@ class NoRoute(IngestError):
 
 class StorageRejected(IngestError):
     stage = "storage"
-
-
-STAGES = ("decode", "validation", "route", "storage", "handler")

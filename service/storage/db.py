@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.config import Settings
 
@@ -22,10 +22,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
 def connect_args(schema: str) -> dict[str, object]:
     server_settings = {"application_name": "autocore-monitor", "search_path": schema}
     return {"server_settings": server_settings, "timeout": 10}
-
-
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 async def ping(engine: AsyncEngine) -> bool:

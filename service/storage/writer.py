@@ -79,8 +79,6 @@ class BatchWriter:
         self._first_at = 0.0
         self._nonempty = asyncio.Event()
         self._full = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         # device -> last_seen we committed: a device is written at most once per resolution.
         self._last_seen: dict[str, float] = {}
         self._sa_conn: AsyncConnection | None = None
@@ -89,7 +87,6 @@ class BatchWriter:
         self.last_error: str | None = None
         self.in_commit = 0
         self.on_batch: Callable[[int, float], None] = lambda _size, _seconds: None
-        self.on_storage_rejected: Callable[[Pending, BaseException], None] = lambda _p, _e: None
 
     @property
     def backlog(self) -> int:
@@ -100,7 +97,6 @@ class BatchWriter:
         if not self._pending:
             self._first_at = time.monotonic()
             self._nonempty.set()
-            self._idle.clear()
         self._pending.append(item)
         if len(self._pending) >= self.batch_size:
             self._full.set()
@@ -130,8 +126,6 @@ class BatchWriter:
             finally:
                 self.in_commit = 0
             self._on_committed(batch)
-        if not self._pending:
-            self._idle.set()
 
     async def drain(self) -> None:
         """Commit everything pending (used at shutdown)."""
@@ -185,7 +179,6 @@ class BatchWriter:
                 return
             refused = batch[0]
             log.warning("database refused message on %r: %s", refused.message.topic, exc)
-            self.on_storage_rejected(refused, exc)
             refused.records = [dead_letter(refused.message, StorageRejected(f"{exc.__class__.__name__}: {exc}"))]
             await self._transaction([refused])
 
