@@ -68,6 +68,15 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r} (use DEBUG, INFO, WARNING, ERROR)")
         return level
 
+    @field_validator("api_token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token would let an empty "Authorization: Bearer" in.
+        token = value.get_secret_value() if value is not None else None
+        if token is not None and (not token or token.strip() != token):
+            raise ValueError("must be non-empty without leading or trailing spaces (unset it to disable replays)")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:

@@ -6,13 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from service import logs
-from service.api import dead_letters, devices, health, metrics, routes_table
+from service.api import dead_letters, devices, errors, health, metrics, routes_table
 from service.config import Settings, load_settings
 from service.runtime import Runtime
 
@@ -49,13 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, metrics, devices, routes_table, dead_letters):
         app.include_router(module.router)
 
-    @app.exception_handler(sa_exc.SQLAlchemyError)
-    @app.exception_handler(OSError)
-    async def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-        # The database being away is not a bug of the request: say so, and that retrying may help.
-        log.warning("request failed on the database: %s", exc.__class__.__name__)
-        return JSONResponse({"detail": f"database unavailable ({exc.__class__.__name__})"}, status_code=503)
-
+    errors.install(app)
     return app
 
 

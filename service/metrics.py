@@ -24,6 +24,9 @@ BATCH_SIZE = Histogram(
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
 IN_FLIGHT = Gauge("autocore_messages_in_flight", "Messages received and not yet acknowledged")
+PENDING_COMMIT = Gauge(
+    "autocore_messages_pending_commit", "Messages processed and waiting for, or inside, a database commit"
+)
 MQTT_CONNECTED = Gauge("autocore_mqtt_connected", "1 while connected to the broker with all routes subscribed")
 MQTT_CONNECTS = Counter("autocore_mqtt_connects_total", "Successful broker connections")
 MQTT_DISCONNECTS = Counter("autocore_mqtt_disconnects_total", "Broker connections lost or closed")
@@ -34,3 +37,8 @@ MQTT_CONNECTED_SINCE = Gauge(
 LAST_MESSAGE = Gauge("autocore_last_message_timestamp_seconds", "Unix time the last message was received")
 DEVICES_ONLINE = Gauge("autocore_devices_online", "Devices whose latest status is online")
 MQTT_CONNECTION_UPTIME = Gauge("autocore_mqtt_connection_uptime_seconds", "Seconds the current broker connection is up")
+DEAD_LETTER_REPLAYS = Counter(
+    "autocore_dead_letter_replays_total", "Dead letters replayed through their route, by outcome", ["outcome"]
+)
+for _outcome in ("resolved", "failed"):
+    DEAD_LETTER_REPLAYS.labels(_outcome)  # both series exist from the start, at 0

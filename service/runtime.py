@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service import metrics
 from service.config import Settings
@@ -22,6 +23,9 @@ from service.storage.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
+# A health probe must answer in time even while the database hangs (a half-open connection).
+_PING_TIMEOUT = 3.0
+
 
 @dataclass
 class Runtime:
@@ -32,6 +36,11 @@ class Runtime:
     transport: MqttTransport | None
     started_at: float = field(default_factory=time.time)
     db_ok: bool = True
+    # Sessions of the HTTP API's reads (one per request); the writer keeps its own connection.
+    sessions: async_sessionmaker[AsyncSession] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -53,7 +62,7 @@ class Runtime:
         )
         if settings.mqtt_monitor_enabled:
             transport = MqttTransport(settings, router.subscriptions(), ingestor.submit)
-            transport.on_state_change = _observe_connection
+            transport.on_state_change = _ConnectionMetrics()
             ingestor._ack = transport.ack
             ingestor.hold_reading = transport.hold_reading
         return cls(settings, engine, router, ingestor, transport)
@@ -88,7 +97,10 @@ class Runtime:
         await self.engine.dispose()
 
     async def check_database(self) -> bool:
-        self.db_ok = await ping(self.engine)
+        try:
+            self.db_ok = await asyncio.wait_for(ping(self.engine), _PING_TIMEOUT)
+        except TimeoutError:
+            self.db_ok = False
         return self.db_ok
 
     @property
@@ -101,10 +113,22 @@ def _observe_batch(size: int, seconds: float) -> None:
     metrics.DB_WRITE_SECONDS.observe(seconds)
 
 
-def _observe_connection(state: ConnectionState) -> None:
-    metrics.MQTT_CONNECTED.set(1 if state.connected and state.all_subscribed else 0)
-    metrics.MQTT_CONNECTED_SINCE.set(state.connected_since or 0)
-    if state.connected:
-        metrics.MQTT_CONNECTS.inc()
-    else:
-        metrics.MQTT_DISCONNECTS.inc()
+class _ConnectionMetrics:
+    """Mirrors the transport's connection state into the gauges and counters.
+
+    The transport reports its state more often than it changes (a stop after a lost connection
+    reports "disconnected" twice), so the counters follow its own tallies, not the calls.
+    """
+
+    def __init__(self) -> None:
+        self.connects = 0
+        self.disconnects = 0
+
+    def __call__(self, state: ConnectionState) -> None:
+        metrics.MQTT_CONNECTED.set(1 if state.connected and state.all_subscribed else 0)
+        metrics.MQTT_CONNECTED_SINCE.set(state.connected_since or 0)
+        if state.connects > self.connects:
+            metrics.MQTT_CONNECTS.inc(state.connects - self.connects)
+        if state.disconnects > self.disconnects:
+            metrics.MQTT_DISCONNECTS.inc(state.disconnects - self.disconnects)
+        self.connects, self.disconnects = state.connects, state.disconnects

@@ -123,6 +123,7 @@ def make_settings(database_url: str, broker_port: int, ns: str, **overrides: Any
         "database_url": database_url,
         "db_migrate_on_start": False,
         "shutdown_grace_seconds": 5,
+        "api_token": None,  # not from the environment: the tests say when there is one
         "_env_file": None,
     }
     values.update(overrides)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import statistics
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
+import pytest
 
 from tests.conftest import ServiceFactory, eventually
 from tests.support.publisher import Publisher
@@ -60,12 +61,33 @@ async def test_device_list_filters_sorting_and_pages(
         beyond = (await c.get("/devices", params={"limit": 2, "offset": 3})).json()
         assert [d["device_id"] for d in first["items"] + second["items"]] == ["D1", "D2", "D3"]
         assert (first["total"], second["total"], beyond["total"], beyond["items"]) == (3, 3, 3, [])
+        assert [
+            d["device_id"] for d in (await c.get("/devices", params={"limit": 1, "offset": 2})).json()["items"]
+        ] == ["D3"]
         future = (await c.get("/devices", params={"seen_since": "2999-01-01T00:00:00Z"})).json()
         assert future == {"items": [], "total": 0, "limit": 100, "offset": 0}
-        for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"seen_since": "yesterday"}, {"sort": "x"}):
+        stored = await db.fetch("SELECT device_id, last_seen FROM devices")
+        by_recency = [
+            r["device_id"] for r in sorted(stored, key=lambda r: (-r["last_seen"].timestamp(), r["device_id"]))
+        ]
+        assert [d["device_id"] for d in (await c.get("/devices", params={"sort": "-last_seen"})).json()["items"]] == (
+            by_recency
+        )
+        newest = max(r["last_seen"] for r in stored)
+        # The same instant written with another zone offset: times are converted to UTC.
+        since = (newest.astimezone(timezone(timedelta(hours=2)))).isoformat()
+        recent = (await c.get("/devices", params={"seen_since": since})).json()
+        assert {d["device_id"] for d in recent["items"]} == {r["device_id"] for r in stored if r["last_seen"] == newest}
+        bad_input = (
+            {"limit": 0}, {"limit": 1001}, {"offset": -1}, {"seen_since": "yesterday"}, {"sort": "x"},
+            {"online": "maybe"}, {"q": "D\x001"}, {"q": "x" * 129},
+            {"seen_since": "0001-01-01T00:00:00+05:00"},  # before year 1 in UTC
+            {"seen_since": "9999-12-31T23:00:00-05:00"},  # after year 9999 in UTC
+        )  # fmt: skip
+        for bad in bad_input:
             resp = await c.get("/devices", params=bad)
             assert resp.status_code == 422, bad
-            assert next(iter(bad)) in str(resp.json()["detail"])
+            assert [e["loc"] for e in resp.json()["detail"]] == [["query", next(iter(bad))]], bad
 
 
 async def test_device_detail_relays_and_connectivity(
@@ -86,14 +108,25 @@ async def test_device_detail_relays_and_connectivity(
         assert (await c.get("/devices/D1/relays")).json() == d1["relays"]
         history = (await c.get("/devices/D1/relays/0/history")).json()
         assert [(h["state"], h["triggered_by"]) for h in history] == [(True, "manual"), (False, "schedule")]
+        later = (await c.get("/devices/D1/relays/0/history", params={"from": "2025-03-01T12:00:30Z"})).json()
+        assert later == history[1:]
+        resp = await c.get("/devices/D1/relays/7/history")
+        assert (resp.status_code, resp.json()) == (404, {"detail": "device 'D1' has no relay 7"})
+        assert (await c.get("/devices/D1/relays/70000/history")).status_code == 422
         connectivity = (await c.get("/devices/D2/connectivity")).json()
         assert connectivity == [{"ts": "2025-03-01T12:00:00Z", "is_online": True},
                                 {"ts": "2025-03-01T12:05:00Z", "is_online": False}]  # fmt: skip
+        assert (await c.get("/devices/D2/connectivity", params={"limit": 1})).json() == connectivity[:1]
         for path in ("/devices/NOPE", "/devices/NOPE/telemetry", "/devices/NOPE/relays",
                      "/devices/NOPE/relays/0/history", "/devices/NOPE/connectivity"):  # fmt: skip
             resp = await c.get(path)
             assert resp.status_code == 404, path
-            assert "NOPE" in resp.json()["detail"]
+            assert resp.json() == {"detail": "unknown device 'NOPE'"}
+        # Not a device id at all (NUL, or a wildcard: never a topic level): 422 naming it.
+        for path in ("/devices/D%001", "/devices/D%2B", "/devices/%23/telemetry"):
+            resp = await c.get(path)
+            assert resp.status_code == 422, path
+            assert resp.json()["detail"][0]["loc"] == ["path", "device_id"], path
 
 
 async def test_telemetry_raw_and_buckets(
@@ -120,13 +153,33 @@ async def test_telemetry_raw_and_buckets(
             assert (item["count"], temp["count"], temp["min"], temp["max"]) == (5, 5, min(values), max(values))
             assert abs(temp["avg"] - statistics.fmean(values)) < 1e-9
             assert item["metrics"]["memory_free"]["avg"] == statistics.fmean(1000 + i for i in range(n * 5, n * 5 + 5))
-        for bad in ({"bucket": "5x"}, {"bucket": "0m"}, {"bucket": "999d"}, {"from": "soon"}, {"limit": 5000}):
+        # One bucket for everything, against the same values computed here.
+        (whole,) = (await c.get("/devices/D1/telemetry", params={"bucket": "1d"})).json()["items"]
+        temps = [v for _, v in readings]
+        assert whole["start"] == "2025-03-01T00:00:00Z"
+        assert (whole["count"], whole["metrics"]["temperature"]["min"], whole["metrics"]["temperature"]["max"]) == (
+            20, min(temps), max(temps)
+        )  # fmt: skip
+        assert abs(whole["metrics"]["humidity"]["avg"] - statistics.fmean(40.0 + i for i in range(20))) < 1e-9
+        assert whole["metrics"]["voltage"] == {"avg": pytest.approx(3.3), "min": 3.3, "max": 3.3, "count": 20}
+        # A window and a limit on buckets; a window given in another zone is the same window.
+        window = {"bucket": "1m", "from": "2025-03-01T13:03:00+01:00", "to": "2025-03-01T12:10:00Z", "limit": 4}
+        minutes = (await c.get("/devices/D1/telemetry", params=window)).json()["items"]
+        assert [(m["start"], m["metrics"]["temperature"]["avg"]) for m in minutes] == [
+            (iso(t).replace(".000", ""), v) for t, v in readings[3:7]
+        ]
+        d3 = (await c.get("/devices/D3/telemetry", params={"bucket": "1h"})).json()["items"]
+        assert d3[0]["metrics"]["humidity"] == {"avg": None, "min": None, "max": None, "count": 0}
+        for bad in ({"bucket": "5x"}, {"bucket": "0m"}, {"bucket": "999d"}, {"bucket": "1.5h"}, {"bucket": "367d"},
+                    {"from": "soon"}, {"to": "2025-13-01T00:00:00Z"}, {"limit": 5000}, {"limit": 0}):  # fmt: skip
             resp = await c.get("/devices/D1/telemetry", params=bad)
             assert resp.status_code == 422, bad
-        resp = await c.get(
-            "/devices/D1/telemetry", params={"from": "2025-03-02T00:00:00Z", "to": "2025-03-01T00:00:00Z"}
-        )
-        assert resp.status_code == 422
+            assert [e["loc"] for e in resp.json()["detail"]] == [["query", next(iter(bad))]], bad
+        for window in ({"from": "2025-03-02T00:00:00Z", "to": "2025-03-01T00:00:00Z"},
+                       {"from": "2025-03-01T00:00:00Z", "to": "2025-03-01T01:00:00+01:00"}):  # fmt: skip
+            resp = await c.get("/devices/D1/telemetry", params=window)
+            assert resp.status_code == 422
+            assert resp.json()["detail"][0]["loc"] == ["query", "to"]
 
 
 async def test_routes_table_counts_messages(service: ServiceFactory, publisher: Publisher, ns: str) -> None:

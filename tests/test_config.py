@@ -49,3 +49,18 @@ def test_libpq_url_gets_the_async_driver() -> None:
 def test_reconnect_cap_below_first_step_is_refused() -> None:
     with pytest.raises(SettingsError, match="MQTT_RECONNECT_MAX_DELAY"):
         load_settings(mqtt_monitor_reconnect_delay=10, mqtt_reconnect_max_delay=1, _env_file=None)
+
+
+@pytest.mark.parametrize("token", [" s3cret-token", "s3cret-token\n", "   "])
+def test_unusable_api_token_is_refused_without_echoing_it(token: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(api_token=token, _env_file=None)
+    assert str(refused.value).startswith("invalid setting API_TOKEN: Value error, must be non-empty")
+    assert "s3cret" not in str(refused.value)
+
+
+def test_stale_window_setting() -> None:
+    assert load_settings(_env_file=None).health_stale_after_seconds == 300
+    assert load_settings(health_stale_after_seconds=0, _env_file=None).health_stale_after_seconds == 0
+    with pytest.raises(SettingsError, match="HEALTH_STALE_AFTER_SECONDS"):
+        load_settings(health_stale_after_seconds=-1, _env_file=None)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.api.deps import EngineDep
+from service.api.deps import SessionDep
+from service.api.params import NO_NUL, DeviceId, From, Limit, Offset, Time, To
 from service.api.schemas import (
     Aggregate,
     ConnectivityChange,
     DeviceDetail,
     DevicePublic,
     Page,
+    Problem,
     RelayChange,
     RelayPublic,
     TelemetryBucket,
@@ -24,47 +28,49 @@ from service.api.schemas import (
 )
 from service.storage import queries
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(
+    prefix="/devices", tags=["devices"], responses={503: {"model": Problem, "description": "database unavailable"}}
+)
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "unknown device"}}
 
 _BUCKET = re.compile(r"^([1-9][0-9]{0,4})(s|m|h|d)$")
 _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # Naive times in a query are UTC, as everywhere in this API.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def _bucket(value: str | None) -> str | None:
-    if value is None:
-        return None
-    found = _BUCKET.match(value)
-    if not found:
-        raise ValueError("use a number and a unit: 30s, 1m, 5m, 1h, 1d")
-    width = timedelta(**{_UNIT[found[2]]: int(found[1])})
-    if not timedelta(seconds=1) <= width <= timedelta(days=366):
-        raise ValueError("bucket must be between 1s and 366d")
-    return value
+_WIDEST = timedelta(days=366)
 
 
 def _width(bucket: str) -> timedelta:
     found = _BUCKET.match(bucket)
-    assert found is not None
-    return timedelta(**{_UNIT[found[2]]: int(found[1])})
+    if not found:
+        raise ValueError("use a whole number and a unit (s, m, h, d): 30s, 1m, 5m, 1h, 1d")
+    width = timedelta(**{_UNIT[found[2]]: int(found[1])})
+    if width > _WIDEST:
+        raise ValueError("at most 366d")
+    return width
 
 
-Time = Annotated[datetime | None, AfterValidator(_utc)]
-DeviceId = Annotated[str, Path(min_length=1, max_length=128)]
-Limit = Annotated[int, Query(ge=1, le=1000)]
+def _bucket(value: str | None) -> str | None:
+    if value is not None:
+        _width(value)
+    return value
+
+
+Bucket = Annotated[
+    str | None,
+    Query(description="aggregate per time bucket, 1s to 366d (30s, 1m, 5m, 1h, 1d…): avg/min/max/count per metric"),
+    AfterValidator(_bucket),
+]
+Relay = Annotated[int, Path(ge=0, le=65535)]
 
 
 def _check_window(start: datetime | None, end: datetime | None) -> None:
     if start is not None and end is not None and end <= start:
-        raise HTTPException(422, "'to' must be later than 'from'")
+        # Shaped like FastAPI's own validation errors, so every 422 names its parameter the same way.
+        error = {"type": "value_error", "loc": ("query", "to"), "msg": "must be later than 'from'", "input": end}
+        raise RequestValidationError([error])
 
 
-async def _existing(engine: EngineDep, device_id: str) -> dict[str, Any]:
-    row = await queries.device(engine, device_id)
+async def _existing(session: AsyncSession, device_id: str) -> dict[str, Any]:
+    row = await queries.device(session, device_id)
     if row is None:
         raise HTTPException(404, f"unknown device {device_id!r}")
     return row
@@ -72,53 +78,59 @@ async def _existing(engine: EngineDep, device_id: str) -> dict[str, Any]:
 
 @router.get("", response_model=Page[DevicePublic])
 async def list_devices(
-    engine: EngineDep,
-    online: Annotated[bool | None, Query(description="only online (true) or offline (false) devices")] = None,
+    session: SessionDep,
+    online: Annotated[
+        bool | None,
+        Query(
+            description="only devices whose last status is online (true) or offline (false); "
+            "a device that never sent a status matches neither"
+        ),
+    ] = None,
     seen_since: Annotated[Time, Query(description="last seen at or after this time")] = None,
-    q: Annotated[str | None, Query(max_length=128, description="substring of the device id")] = None,
-    sort: Literal["device_id", "last_seen", "-last_seen"] = "device_id",
+    q: Annotated[
+        str | None, Query(max_length=128, pattern=NO_NUL, description="substring of the device id, any case")
+    ] = None,
+    sort: Annotated[
+        Literal["device_id", "last_seen", "-last_seen"], Query(description="ties are broken by device_id")
+    ] = "device_id",
     limit: Limit = 100,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    offset: Offset = 0,
 ) -> Any:
+    """Devices, one page at a time: `total` counts every match, `offset` + `limit` pick the page."""
     rows, total = await queries.device_page(
-        engine, online=online, seen_since=seen_since, q=q, sort=sort, limit=limit, offset=offset
+        session, online=online, seen_since=seen_since, q=q, sort=sort, limit=limit, offset=offset
     )
     return Page[DevicePublic](items=[DevicePublic(**r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{device_id}", response_model=DeviceDetail, responses={404: {"description": "unknown device"}})
-async def get_device(engine: EngineDep, device_id: DeviceId) -> Any:
-    row = await _existing(engine, device_id)
-    latest = await queries.latest_telemetry(engine, device_id)
+@router.get("/{device_id}", response_model=DeviceDetail, responses=_UNKNOWN)
+async def get_device(session: SessionDep, device_id: DeviceId) -> Any:
+    """Current state: online, last seen, IP, firmware, uptime, the newest telemetry row, every relay."""
+    row = await _existing(session, device_id)
+    latest = await queries.latest_telemetry(session, device_id)
     return DeviceDetail(
         **row,
         latest_telemetry=TelemetryPublic(**latest) if latest else None,
-        relays=[RelayPublic(**r) for r in await queries.relays(engine, device_id)],
+        relays=[RelayPublic(**r) for r in await queries.relays(session, device_id)],
     )
 
 
-@router.get(
-    "/{device_id}/telemetry",
-    response_model=list[TelemetryPublic] | TelemetryBuckets,
-    responses={404: {"description": "unknown device"}},
-)
+@router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic] | TelemetryBuckets, responses=_UNKNOWN)
 async def get_telemetry(
-    engine: EngineDep,
+    session: SessionDep,
     device_id: DeviceId,
-    start: Annotated[Time, Query(alias="from", description="inclusive, ISO 8601 (UTC if no zone)")] = None,
-    end: Annotated[Time, Query(alias="to", description="exclusive")] = None,
-    bucket: Annotated[
-        str | None,
-        Query(description="aggregate per time bucket (e.g. 1m, 5m, 1h): avg/min/max/count per metric"),
-        AfterValidator(_bucket),
-    ] = None,
+    start: From = None,
+    end: To = None,
+    bucket: Bucket = None,
     limit: Limit = 1000,
 ) -> Any:
+    """Raw rows, oldest first; with `bucket`, aggregates per bucket computed by PostgreSQL (`date_bin`,
+    buckets aligned on 2000-01-01T00:00:00Z). `limit` counts rows, or buckets."""
     _check_window(start, end)
-    await _existing(engine, device_id)
+    await _existing(session, device_id)
     if bucket is None:
-        return [TelemetryPublic(**r) for r in await queries.telemetry(engine, device_id, start, end, limit)]
-    rows = await queries.telemetry_buckets(engine, device_id, _width(bucket), start, end, limit)
+        return [TelemetryPublic(**r) for r in await queries.telemetry(session, device_id, start, end, limit)]
+    rows = await queries.telemetry_buckets(session, device_id, _width(bucket), start, end, limit)
     items = [
         TelemetryBucket(
             start=r["start"],
@@ -133,42 +145,34 @@ async def get_telemetry(
     return TelemetryBuckets(bucket=bucket, items=items)
 
 
-@router.get("/{device_id}/relays", response_model=list[RelayPublic], responses={404: {"description": "unknown device"}})
-async def get_relays(engine: EngineDep, device_id: DeviceId) -> Any:
-    await _existing(engine, device_id)
-    return [RelayPublic(**r) for r in await queries.relays(engine, device_id)]
+@router.get("/{device_id}/relays", response_model=list[RelayPublic], responses=_UNKNOWN)
+async def get_relays(session: SessionDep, device_id: DeviceId) -> Any:
+    """Each relay's current state (the newest change by the device's clock)."""
+    await _existing(session, device_id)
+    return [RelayPublic(**r) for r in await queries.relays(session, device_id)]
 
 
 @router.get(
     "/{device_id}/relays/{relay}/history",
     response_model=list[RelayChange],
-    responses={404: {"description": "unknown device"}},
+    responses={404: {"model": Problem, "description": "unknown device, or no such relay on it"}},
 )
 async def get_relay_history(
-    engine: EngineDep,
-    device_id: DeviceId,
-    relay: Annotated[int, Path(ge=0, le=65535)],
-    start: Annotated[Time, Query(alias="from")] = None,
-    end: Annotated[Time, Query(alias="to")] = None,
-    limit: Limit = 1000,
+    session: SessionDep, device_id: DeviceId, relay: Relay, start: From = None, end: To = None, limit: Limit = 1000
 ) -> Any:
+    """One relay's changes, oldest first."""
     _check_window(start, end)
-    await _existing(engine, device_id)
-    return [RelayChange(**r) for r in await queries.relay_history(engine, device_id, relay, start, end, limit)]
+    await _existing(session, device_id)
+    if not await queries.relay_exists(session, device_id, relay):
+        raise HTTPException(404, f"device {device_id!r} has no relay {relay}")
+    return [RelayChange(**r) for r in await queries.relay_history(session, device_id, relay, start, end, limit)]
 
 
-@router.get(
-    "/{device_id}/connectivity",
-    response_model=list[ConnectivityChange],
-    responses={404: {"description": "unknown device"}},
-)
+@router.get("/{device_id}/connectivity", response_model=list[ConnectivityChange], responses=_UNKNOWN)
 async def get_connectivity(
-    engine: EngineDep,
-    device_id: DeviceId,
-    start: Annotated[Time, Query(alias="from")] = None,
-    end: Annotated[Time, Query(alias="to")] = None,
-    limit: Limit = 1000,
+    session: SessionDep, device_id: DeviceId, start: From = None, end: To = None, limit: Limit = 1000
 ) -> Any:
+    """Online/offline changes by the device's clock, oldest first."""
     _check_window(start, end)
-    await _existing(engine, device_id)
-    return [ConnectivityChange(**r) for r in await queries.connectivity(engine, device_id, start, end, limit)]
+    await _existing(session, device_id)
+    return [ConnectivityChange(**r) for r in await queries.connectivity(session, device_id, start, end, limit)]

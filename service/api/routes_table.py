@@ -1,3 +1,5 @@
+"""`GET /routes`: the route table the subscriber serves, with what each route received so far."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +14,8 @@ router = APIRouter(tags=["routes"])
 
 @router.get("/routes", response_model=list[RoutePublic])
 async def list_routes(runtime: RuntimeDep) -> Any:
-    """The route table: topic pattern, MQTT filter, QoS, payload model and messages committed so far."""
+    """The route table: topic pattern, MQTT filter, QoS, payload model and its fields, and the messages
+    received on each route and committed (stored or dead-lettered) since the service started."""
     counts = runtime.ingestor.stats.per_route
     return [
         RoutePublic(

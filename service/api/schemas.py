@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 
 
+class Problem(BaseModel):
+    """Why a request was refused (4xx) or could not be served (503)."""
+
+    detail: str
+
+
 class Page(BaseModel, Generic[T]):
+    """One page: `total` counts every match, `items` hold at most `limit` of them from `offset` on."""
+
     items: list[T]
     total: int
     limit: int
@@ -19,23 +27,23 @@ class Page(BaseModel, Generic[T]):
 
 class DevicePublic(BaseModel):
     device_id: str
-    is_online: bool | None
-    first_seen: datetime
-    last_seen: datetime
-    status_ts: datetime | None
+    is_online: bool | None = Field(description="from the newest status message; null if none came yet")
+    first_seen: datetime = Field(description="first message from the device (service clock)")
+    last_seen: datetime = Field(description="newest message from the device (service clock)")
+    status_ts: datetime | None = Field(description="the newest status message's own timestamp (device clock)")
     ip_address: str | None
     firmware_version: str | None
     uptime: int | None
 
 
 class TelemetryPublic(BaseModel):
-    ts: datetime
+    ts: datetime = Field(description="the reading's timestamp (device clock)")
     temperature: float | None
     humidity: float | None
     voltage: float | None
     memory_free: int | None
-    extra: dict[str, float] | None
-    received_at: datetime
+    extra: dict[str, float] | None = Field(description="other numeric fields of the message")
+    received_at: datetime = Field(description="service clock")
 
 
 class RelayPublic(BaseModel):
@@ -66,13 +74,13 @@ class Aggregate(BaseModel):
     avg: float | None
     min: float | None
     max: float | None
-    count: int
+    count: int = Field(description="rows of the bucket that have this metric")
 
 
 class TelemetryBucket(BaseModel):
-    start: datetime
-    count: int
-    metrics: dict[str, Aggregate]
+    start: datetime = Field(description="start of the bucket (inclusive)")
+    count: int = Field(description="rows in the bucket")
+    metrics: dict[str, Aggregate] = Field(description="temperature, humidity, voltage, memory_free")
 
 
 class TelemetryBuckets(BaseModel):
@@ -85,9 +93,11 @@ class RoutePublic(BaseModel):
     pattern: str
     mqtt_filter: str
     qos: int
-    model: str
-    fields: dict[str, Any]
-    messages: int
+    model: str = Field(description="the payload model")
+    fields: dict[str, Any] = Field(description="the payload model's fields (JSON Schema)")
+    messages: int = Field(
+        description="messages received on this route and committed (stored or dead-lettered) since start"
+    )
 
 
 class DeadLetterPublic(BaseModel):
@@ -110,9 +120,9 @@ class DeadLetterPublic(BaseModel):
 
 class ReplayOutcome(BaseModel):
     id: int
-    resolved: bool
-    stage: str | None = None
-    error: str | None = None
+    resolved: bool = Field(description="the message is stored now, and the dead letter resolved")
+    stage: str | None = Field(None, description="where the replay failed")
+    error: str | None = Field(None, description="why it failed")
 
 
 class BulkReplayOutcome(BaseModel):

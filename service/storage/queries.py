@@ -1,4 +1,8 @@
-"""Read queries for the HTTP API (SQL kept here, next to the tables it reads)."""
+"""Read queries for the HTTP API (SQL kept here, next to the tables it reads).
+
+Each takes the request's session; parameters are always bound, and the only SQL put together from
+text is fixed fragments chosen by the code (never by a request).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncSession
 
 METRICS = ("temperature", "humidity", "voltage", "memory_free")
 _DEVICE_COLUMNS = (
@@ -16,14 +20,13 @@ _DEVICE_COLUMNS = (
 DEVICE_SORTS = {"device_id": "device_id", "last_seen": "last_seen", "-last_seen": "last_seen DESC"}
 
 
-async def _rows(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    async with engine.connect() as conn:
-        result = await conn.execute(text(sql), params)
-        return [dict(r) for r in result.mappings()]
+async def _rows(session: AsyncSession, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    result = await session.execute(text(sql), params)
+    return [dict(r) for r in result.mappings()]
 
 
 async def device_page(
-    engine: AsyncEngine,
+    session: AsyncSession,
     *,
     online: bool | None,
     seen_since: datetime | None,
@@ -46,7 +49,7 @@ async def device_page(
     cond = " AND ".join(where)
     order = DEVICE_SORTS[sort]
     rows = await _rows(
-        engine,
+        session,
         f"SELECT {_DEVICE_COLUMNS}, count(*) OVER () AS total FROM devices WHERE {cond} "
         f"ORDER BY {order}, device_id LIMIT :limit OFFSET :offset",
         params,
@@ -54,20 +57,20 @@ async def device_page(
     if rows:
         total = int(rows[0]["total"])
     else:
-        total = int((await _rows(engine, f"SELECT count(*) AS n FROM devices WHERE {cond}", params))[0]["n"])
+        total = int((await _rows(session, f"SELECT count(*) AS n FROM devices WHERE {cond}", params))[0]["n"])
     for r in rows:
         r.pop("total", None)
     return rows, total
 
 
-async def device(engine: AsyncEngine, device_id: str) -> dict[str, Any] | None:
-    rows = await _rows(engine, f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = :d", {"d": device_id})
+async def device(session: AsyncSession, device_id: str) -> dict[str, Any] | None:
+    rows = await _rows(session, f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = :d", {"d": device_id})
     return rows[0] if rows else None
 
 
-async def latest_telemetry(engine: AsyncEngine, device_id: str) -> dict[str, Any] | None:
+async def latest_telemetry(session: AsyncSession, device_id: str) -> dict[str, Any] | None:
     rows = await _rows(
-        engine,
+        session,
         "SELECT ts, temperature, humidity, voltage, memory_free, extra, received_at "
         "FROM telemetry WHERE device_id = :d ORDER BY ts DESC LIMIT 1",
         {"d": device_id},
@@ -75,12 +78,19 @@ async def latest_telemetry(engine: AsyncEngine, device_id: str) -> dict[str, Any
     return rows[0] if rows else None
 
 
-async def relays(engine: AsyncEngine, device_id: str) -> list[dict[str, Any]]:
+async def relays(session: AsyncSession, device_id: str) -> list[dict[str, Any]]:
     return await _rows(
-        engine,
+        session,
         "SELECT relay_index, state, triggered_by, ts FROM relays WHERE device_id = :d ORDER BY relay_index",
         {"d": device_id},
     )
+
+
+async def relay_exists(session: AsyncSession, device_id: str, relay: int) -> bool:
+    rows = await _rows(
+        session, "SELECT 1 AS one FROM relays WHERE device_id = :d AND relay_index = :r", {"d": device_id, "r": relay}
+    )
+    return bool(rows)
 
 
 def _window(params: dict[str, Any], start: datetime | None, end: datetime | None) -> str:
@@ -95,12 +105,12 @@ def _window(params: dict[str, Any], start: datetime | None, end: datetime | None
 
 
 async def telemetry(
-    engine: AsyncEngine, device_id: str, start: datetime | None, end: datetime | None, limit: int
+    session: AsyncSession, device_id: str, start: datetime | None, end: datetime | None, limit: int
 ) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"d": device_id, "limit": limit}
     cond = _window(params, start, end)
     return await _rows(
-        engine,
+        session,
         "SELECT ts, temperature, humidity, voltage, memory_free, extra, received_at "
         f"FROM telemetry WHERE device_id = :d{cond} ORDER BY ts LIMIT :limit",
         params,
@@ -108,7 +118,7 @@ async def telemetry(
 
 
 async def telemetry_buckets(
-    engine: AsyncEngine, device_id: str, width: timedelta, start: datetime | None, end: datetime | None, limit: int
+    session: AsyncSession, device_id: str, width: timedelta, start: datetime | None, end: datetime | None, limit: int
 ) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"d": device_id, "limit": limit, "width": width}
     cond = _window(params, start, end)
@@ -118,7 +128,7 @@ async def telemetry_buckets(
         for m in METRICS
     )
     return await _rows(
-        engine,
+        session,
         f"SELECT date_bin(:width, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS start, count(*) AS n, {aggregates} "
         f"FROM telemetry WHERE device_id = :d{cond} GROUP BY 1 ORDER BY 1 LIMIT :limit",
         params,
@@ -126,12 +136,12 @@ async def telemetry_buckets(
 
 
 async def relay_history(
-    engine: AsyncEngine, device_id: str, relay: int, start: datetime | None, end: datetime | None, limit: int
+    session: AsyncSession, device_id: str, relay: int, start: datetime | None, end: datetime | None, limit: int
 ) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"d": device_id, "r": relay, "limit": limit}
     cond = _window(params, start, end)
     return await _rows(
-        engine,
+        session,
         "SELECT ts, state, triggered_by, received_at FROM relay_state_history "
         f"WHERE device_id = :d AND relay_index = :r{cond} ORDER BY ts LIMIT :limit",
         params,
@@ -139,12 +149,12 @@ async def relay_history(
 
 
 async def connectivity(
-    engine: AsyncEngine, device_id: str, start: datetime | None, end: datetime | None, limit: int
+    session: AsyncSession, device_id: str, start: datetime | None, end: datetime | None, limit: int
 ) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"d": device_id, "limit": limit}
     cond = _window(params, start, end)
     return await _rows(
-        engine,
+        session,
         f"SELECT ts, is_online FROM connectivity_events WHERE device_id = :d{cond} ORDER BY ts LIMIT :limit",
         params,
     )
@@ -188,7 +198,7 @@ def _dead_letter_filter(
 
 
 async def dead_letter_page(
-    engine: AsyncEngine,
+    session: AsyncSession,
     *,
     stage: str | None,
     topic: str | None,
@@ -201,19 +211,19 @@ async def dead_letter_page(
     params: dict[str, Any] = {"limit": limit, "offset": offset}
     cond = _dead_letter_filter(params, stage, topic, since, until, resolved)
     rows = await _rows(
-        engine, f"SELECT {_DL_COLUMNS} FROM dead_letters WHERE {cond} ORDER BY id LIMIT :limit OFFSET :offset", params
+        session, f"SELECT {_DL_COLUMNS} FROM dead_letters WHERE {cond} ORDER BY id LIMIT :limit OFFSET :offset", params
     )
-    total = (await _rows(engine, f"SELECT count(*) AS n FROM dead_letters WHERE {cond}", params))[0]["n"]
+    total = (await _rows(session, f"SELECT count(*) AS n FROM dead_letters WHERE {cond}", params))[0]["n"]
     return rows, int(total)
 
 
-async def dead_letter(engine: AsyncEngine, dead_letter_id: int) -> dict[str, Any] | None:
-    rows = await _rows(engine, f"SELECT {_DL_COLUMNS} FROM dead_letters WHERE id = :id", {"id": dead_letter_id})
+async def dead_letter(session: AsyncSession, dead_letter_id: int) -> dict[str, Any] | None:
+    rows = await _rows(session, f"SELECT {_DL_COLUMNS} FROM dead_letters WHERE id = :id", {"id": dead_letter_id})
     return rows[0] if rows else None
 
 
 async def dead_letter_ids(
-    engine: AsyncEngine,
+    session: AsyncSession,
     *,
     stage: str | None,
     topic: str | None,
@@ -223,13 +233,13 @@ async def dead_letter_ids(
 ) -> Sequence[int]:
     params: dict[str, Any] = {"limit": limit}
     cond = _dead_letter_filter(params, stage, topic, since, until, resolved=False)
-    rows = await _rows(engine, f"SELECT id FROM dead_letters WHERE {cond} ORDER BY id LIMIT :limit", params)
+    rows = await _rows(session, f"SELECT id FROM dead_letters WHERE {cond} ORDER BY id LIMIT :limit", params)
     return [int(r["id"]) for r in rows]
 
 
-async def devices_online(engine: AsyncEngine) -> int:
-    return int((await _rows(engine, "SELECT count(*) AS n FROM devices WHERE is_online", {}))[0]["n"])
+async def devices_online(session: AsyncSession) -> int:
+    return int((await _rows(session, "SELECT count(*) AS n FROM devices WHERE is_online", {}))[0]["n"])
 
 
-async def devices_known(engine: AsyncEngine) -> int:
-    return int((await _rows(engine, "SELECT count(*) AS n FROM devices", {}))[0]["n"])
+async def devices_known(session: AsyncSession) -> bool:
+    return bool(await _rows(session, "SELECT 1 AS one FROM devices LIMIT 1", {}))
