@@ -74,6 +74,11 @@ class Runtime:
         # each garbage-collector pass proportional to the messages in flight (measured: -12% CPU
         # per message).
         gc.freeze()
+        # Per-message objects live until their batch commits, thousands of messages later: at the
+        # default young-generation threshold (700) each is scanned, promoted and scanned again
+        # before it dies. Scanning once per 50 000 allocations measured about -10% CPU per
+        # message at the same peak RSS (bench/, telemetry, 400 000 messages).
+        gc.set_threshold(50_000, 20, 100)
         self.ingestor.start()
         if self.transport is not None:
             self.transport.start()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 
 import asyncpg
+import pytest
 
 from tests.conftest import ServiceFactory, eventually
 from tests.support.publisher import Publisher
@@ -101,6 +103,25 @@ async def test_redelivered_messages_leave_one_row(
         assert await count(db, table) == 1, table
 
 
+async def test_rows_stored_by_an_earlier_batch_are_skipped_and_the_new_ones_stored(
+    service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service.storage.writer")
+    first = [(f"{ns}/D{i}/telemetry", {"temperature": i, "timestamp": "2025-05-01T00:00:00Z"}) for i in range(5)]
+    first += [(f"{ns}/D{i}/relay/1/status", {"state": True, "timestamp": "2025-05-01T00:00:00Z"}) for i in range(5)]
+    later = [(f"{ns}/D{i}/telemetry", {"temperature": i, "timestamp": "2025-05-01T00:00:01Z"}) for i in range(5)]
+    async with service() as svc:
+        publisher.publish_many(first)
+        await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 10)
+        # A redelivery of what is stored (as after a lost PUBACK), mixed with new messages.
+        publisher.publish_many([*first, *later])
+        await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 25)
+    assert await count(db, "telemetry") == 10
+    assert await count(db, "telemetry", "ts = '2025-05-01T00:00:01Z'") == 5
+    assert await count(db, "relay_state_history") == 5
+    assert any("stored already" in r.getMessage() for r in caplog.records)
+
+
 async def test_bad_input_is_dead_lettered_and_ingestion_goes_on(
     service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str
 ) -> None:
@@ -115,6 +136,8 @@ async def test_bad_input_is_dead_lettered_and_ingestion_goes_on(
         (f"{ns}/D1/unknown", b"{}", "route", "NoRoute"),
         # valid JSON the model accepts, refused by PostgreSQL (jsonb cannot hold \u0000)
         (f"{ns}/D1/system/log", b'{"line": "nul\\u0000here"}', "storage", "StorageRejected"),
+        # ... and one a telemetry column cannot hold (bigint), found while encoding the batch's COPY
+        (f"{ns}/D1/telemetry", b'{"memory_free": 9223372036854775808}', "storage", "StorageRejected"),
     ]
     async with service() as svc:
         for topic, payload, _stage, _cls in bad:
@@ -143,6 +166,32 @@ async def test_one_refused_row_does_not_sink_its_batch(
         await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 41)
     assert await count(db, "telemetry") == 40
     assert await count(db, "dead_letters", "stage = 'storage'") == 1
+
+
+async def test_a_refused_dead_letter_is_logged_and_does_not_block_ingestion(
+    service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A constraint (as an operator might add) makes PostgreSQL refuse the dead letter itself.
+    await db.execute("ALTER TABLE dead_letters ADD CONSTRAINT test_refuse CHECK (topic NOT LIKE '%/REFUSED/%')")
+    messages = [(f"{ns}/D{i % 3}/telemetry", {"temperature": i, "timestamp": f"2025-04-02T00:00:{i:02d}Z"})
+                for i in range(20)]  # fmt: skip
+    messages.insert(7, (f"{ns}/REFUSED/system/log", b'{"line": "\\u0000"}'))
+    try:
+        async with service(writer_linger_ms=300, writer_batch_size=100) as svc:
+            publisher.publish_many(messages)
+            await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 21)
+            # and the writer is not stuck on it: a later message is stored too
+            publisher.publish(f"{ns}/D0/telemetry", {"temperature": 99, "timestamp": "2025-04-02T00:01:00Z"})
+            await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 22)
+            assert svc.runtime.ingestor.writer.healthy
+    finally:
+        await db.execute("ALTER TABLE dead_letters DROP CONSTRAINT test_refuse")
+    assert await count(db, "telemetry") == 21
+    assert await count(db, "dead_letters") == 0
+    dropped = [r for r in caplog.records if "message dropped" in r.getMessage()]
+    assert len(dropped) == 1
+    assert f"{ns}/REFUSED/system/log" in dropped[0].getMessage()
+    assert "eyJsaW5lIjogIlx1MDAwMCJ9" in dropped[0].getMessage()  # the payload, base64
 
 
 async def test_out_of_order_status_keeps_the_newest(

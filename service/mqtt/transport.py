@@ -373,12 +373,15 @@ class MqttTransport:
 
     def _record_subacks(self, codes: tuple[int, ...]) -> None:
         granted: dict[str, int | None] = {}
-        for (flt, _qos), code in zip(self._filters, codes, strict=False):
+        for (flt, qos), code in zip(self._filters, codes, strict=False):
             if code >= 0x80:
                 log.error("broker refused subscription %r (reason code 0x%02x)", flt, code)
                 granted[flt] = None
-            else:
-                granted[flt] = code
+                continue
+            if code < qos:
+                # Still a subscription, but the broker will not redeliver what we lose on the way.
+                log.warning("broker granted QoS %d for %r, not %d: messages arrive at most once", code, flt, qos)
+            granted[flt] = code
         for flt, _qos in self._filters[len(codes) :]:
             log.error("no SUBACK code for subscription %r", flt)
             granted[flt] = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from service.records import (
@@ -61,6 +61,12 @@ FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float
             $6::int8[], $7::jsonb[], $8::float8[]) AS u(d, ts, t, h, v, m, e, r)
 ON CONFLICT DO NOTHING
 """
+
+# Insert-only tables, written by COPY while no row of the batch is stored already (the common case).
+TELEMETRY_COLUMNS = (
+    "device_id", "ts", "temperature", "humidity", "voltage", "memory_free", "extra", "received_at"
+)  # fmt: skip
+RELAY_HISTORY_COLUMNS = ("device_id", "relay_index", "ts", "state", "triggered_by", "received_at")
 
 INSERT_RELAY_HISTORY = """
 INSERT INTO relay_state_history (device_id, relay_index, ts, state, triggered_by, received_at)
@@ -117,6 +123,8 @@ class Grouped:
     seen: dict[str, float] = field(default_factory=dict)
 
 
+_from_epoch = datetime.fromtimestamp
+
 _BUCKET = {
     TelemetryRecord: "telemetry",
     StatusRecord: "status",
@@ -145,6 +153,16 @@ def columns(records: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     if not records:
         return [[] for _ in range(width)]
     return [list(col) for col in zip(*records, strict=True)]
+
+
+def telemetry_rows(records: Sequence[TelemetryRecord]) -> list[tuple[Any, ...]]:
+    """TELEMETRY_COLUMNS for COPY: received_at as a datetime (COPY has no to_timestamp())."""
+    return [(*r[:7], _from_epoch(r[7], UTC)) for r in records]
+
+
+def relay_history_rows(records: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
+    """RELAY_HISTORY_COLUMNS for COPY."""
+    return [(*r[:5], _from_epoch(r[5], UTC)) for r in records]
 
 
 def connectivity_changes(
