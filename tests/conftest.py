@@ -111,17 +111,24 @@ def publisher(broker: Broker) -> Iterator[Publisher]:
         p.close()
 
 
-def make_settings(database_url: str, broker_port: int, ns: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
+def service_settings(database_url: str, broker_port: int, ns: str) -> dict[str, Any]:
+    """The settings every test's service shares: its broker, database, topic prefix and client id."""
+    return {
         "mqtt_broker_host": "127.0.0.1",
         "mqtt_broker_port": broker_port,
         "mqtt_client_id": f"{ns}-monitor",
         "mqtt_topic_prefix": ns,
         "mqtt_session_expiry": 600,
         "mqtt_monitor_reconnect_delay": 0.2,
-        "mqtt_reconnect_max_delay": 1.0,
         "database_url": database_url,
         "db_migrate_on_start": False,
+    }
+
+
+def make_settings(database_url: str, broker_port: int, ns: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        **service_settings(database_url, broker_port, ns),
+        "mqtt_reconnect_max_delay": 1.0,
         "shutdown_grace_seconds": 5,
         "api_token": None,  # not from the environment: the tests say when there is one
         "_env_file": None,

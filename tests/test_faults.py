@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import eventually, via
+from tests.conftest import eventually, service_settings, via
 from tests.support.broker import Broker
 from tests.support.proxy import CuttableProxy
 from tests.support.publisher import Publisher, StreamPublisher
@@ -64,16 +64,9 @@ def spawn(tmp_path: Path, ns: str, database_url: str) -> Iterator[Spawn]:
 
     async def run(broker_port: int, name: str = "service", wait: bool = True, **settings: Any) -> ServiceProcess:
         values: dict[str, Any] = {
-            "mqtt_broker_host": "127.0.0.1",
-            "mqtt_broker_port": broker_port,
-            "mqtt_client_id": f"{ns}-monitor",
-            "mqtt_topic_prefix": ns,
-            "mqtt_session_expiry": 600,
-            "mqtt_monitor_reconnect_delay": 0.2,
+            **service_settings(database_url, broker_port, ns),
             "mqtt_reconnect_max_delay": 2,
             "mqtt_connect_timeout": 3,
-            "database_url": database_url,
-            "db_migrate_on_start": "false",
             "writer_retry_max_delay": 1,
             "shutdown_grace_seconds": 10,
             "mqtt_monitor_log_level": "INFO",

@@ -15,17 +15,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from service import metrics
-from service.storage.writer import is_permanent
+from service.storage.writer import driver_error, is_permanent
 
 log = logging.getLogger(__name__)
 
 
 def _reason(exc: BaseException) -> str:
     # The driver's own message: SQLAlchemy's adds the statement and its parameters.
-    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    if isinstance(exc.__cause__, asyncpg.PostgresError):
-        exc = exc.__cause__
+    exc = driver_error(exc)
     return (str(exc).splitlines() or [exc.__class__.__name__])[0]
 
 

@@ -54,14 +54,20 @@ class ValueRefused(Exception):
     """A value its column cannot hold, found while encoding rows for COPY (before PostgreSQL sees them)."""
 
 
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error behind SQLAlchemy's wrapper (or its adapter's), else `exc` itself."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    cause = exc.__cause__
+    if not isinstance(exc, asyncpg.PostgresError) and isinstance(cause, asyncpg.PostgresError):
+        exc = cause
+    return exc
+
+
 def is_permanent(exc: BaseException) -> bool:
     if isinstance(exc, ValueRefused):
         return True
-    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    cause = getattr(exc, "__cause__", None)
-    if not isinstance(exc, asyncpg.PostgresError) and isinstance(cause, asyncpg.PostgresError):
-        exc = cause
+    exc = driver_error(exc)
     state = getattr(exc, "sqlstate", None) or ""
     return isinstance(exc, asyncpg.PostgresError) and state[:2] in _PERMANENT_CLASSES
 
