@@ -39,7 +39,9 @@ class Ingestor:
         self,
         pipeline: Pipeline,
         writer: BatchWriter,
+        *,
         ack: Callable[[Sequence[InboundMessage]], int],
+        hold_reading: Callable[[bool], None] = lambda _hold: None,
         window: int = 65535,
     ) -> None:
         self.pipeline = pipeline
@@ -49,13 +51,14 @@ class Ingestor:
         # resume below three quarters of it.
         self.window = window
         self._resume_below = max(1, window * 3 // 4)
-        self.hold_reading: Callable[[bool], None] = lambda _hold: None
+        self._hold_reading = hold_reading
         self._holding = False
         self.stats = IngestStats()
         self._inbox: deque[InboundMessage] = deque()
         self._arrived = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        writer._on_committed = self._committed
+        # First observer of the writer: a committed batch is acknowledged before anything else runs.
+        writer.observe(self._committed)
 
     @property
     def in_flight(self) -> int:
@@ -68,7 +71,7 @@ class Ingestor:
         # holding (after a reconnect) must be held too.
         if len(self._inbox) + self.writer.backlog >= self.window:
             self._holding = True
-            self.hold_reading(True)
+            self._hold_reading(True)
 
     def start(self) -> None:
         self._tasks = [
@@ -130,7 +133,7 @@ class Ingestor:
             metrics.DEAD_LETTERS.labels(stage).inc(n)
         if self._holding and self.in_flight < self._resume_below:
             self._holding = False
-            self.hold_reading(False)
+            self._hold_reading(False)
         n_dead = sum(dead.values())
         self.stats.messages_processed += len(batch)
         self.stats.dead_letters += n_dead

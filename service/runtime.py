@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from service import metrics
 from service.config import Settings
 from service.ingest import Ingestor
+from service.mqtt.message import InboundMessage
 from service.mqtt.transport import ConnectionState, MqttTransport
 from service.pipeline import Pipeline
 from service.routes import DEFAULT_MIDDLEWARE, build_router
@@ -53,18 +55,20 @@ class Runtime:
             retry_first_delay=0.05,
             retry_max_delay=settings.writer_retry_max_delay,
             last_seen_resolution=settings.device_last_seen_resolution,
-            on_committed=lambda _batch: None,
+            on_batch=_observe_batch,
         )
-        writer.on_batch = _observe_batch
         transport: MqttTransport | None = None
-        ingestor = Ingestor(
-            Pipeline(router, DEFAULT_MIDDLEWARE), writer, ack=lambda _m: 0, window=settings.mqtt_receive_maximum
-        )
         if settings.mqtt_monitor_enabled:
-            transport = MqttTransport(settings, router.subscriptions(), ingestor.submit)
-            transport.on_state_change = _ConnectionMetrics()
-            ingestor._ack = transport.ack
-            ingestor.hold_reading = transport.hold_reading
+            transport = MqttTransport(settings, router.subscriptions(), on_state_change=_ConnectionMetrics())
+        # The ingestor is the writer's first after-commit observer (acknowledgements); anything else
+        # that reacts to committed batches registers with `writer.observe()` after it.
+        ingestor = Ingestor(
+            Pipeline(router, DEFAULT_MIDDLEWARE),
+            writer,
+            ack=transport.ack if transport is not None else _no_ack,
+            hold_reading=transport.hold_reading if transport is not None else _no_hold,
+            window=settings.mqtt_receive_maximum,
+        )
         return cls(settings, engine, router, ingestor, transport)
 
     async def start(self) -> None:
@@ -81,7 +85,7 @@ class Runtime:
         gc.set_threshold(50_000, 20, 100)
         self.ingestor.start()
         if self.transport is not None:
-            self.transport.start()
+            self.transport.start(self.ingestor.submit)
         else:
             log.info("MQTT_MONITOR_ENABLED=false: serving HTTP without the subscriber")
 
@@ -111,6 +115,14 @@ class Runtime:
     @property
     def connection(self) -> ConnectionState | None:
         return self.transport.state if self.transport else None
+
+
+def _no_ack(_messages: Sequence[InboundMessage]) -> int:
+    return 0
+
+
+def _no_hold(_hold: bool) -> None:
+    pass
 
 
 def _observe_batch(size: int, seconds: float) -> None:

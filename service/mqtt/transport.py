@@ -203,10 +203,16 @@ class ConnectionState:
 
 
 class MqttTransport:
-    def __init__(self, settings: Settings, filters: Sequence[tuple[str, int]], sink: Sink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        filters: Sequence[tuple[str, int]],
+        *,
+        on_state_change: Callable[[ConnectionState], None] = lambda _state: None,
+    ) -> None:
         self._settings = settings
         self._filters = list(filters)
-        self._sink = sink
+        self._sink: Sink = _drop
         self.state = ConnectionState()
         self._client: _Client | None = None
         self._link: Link | None = None
@@ -214,11 +220,13 @@ class MqttTransport:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._links = 0
-        self.on_state_change: Callable[[ConnectionState], None] = lambda _state: None
+        self._on_state_change = on_state_change
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, sink: Sink) -> None:
+        """Connect (and keep reconnecting) and hand every PUBLISH received to `sink`."""
+        self._sink = sink
         self._task = asyncio.create_task(self.run(), name="mqtt-transport")
 
     async def stop(self) -> None:
@@ -368,7 +376,7 @@ class MqttTransport:
             s.mqtt_client_id,
             sum(1 for q in self.state.subscriptions.values() if q is not None),
         )
-        self.on_state_change(self.state)
+        self._on_state_change(self.state)
         return client
 
     def _record_subacks(self, codes: tuple[int, ...]) -> None:
@@ -394,7 +402,7 @@ class MqttTransport:
         self.state.connected = False
         self.state.connected_since = None
         self.state.subscriptions = {f: None for f, _ in self._filters}
-        self.on_state_change(self.state)
+        self._on_state_change(self.state)
 
     def _deliver(self, message: InboundMessage) -> None:
         self._sink(message)

@@ -1,7 +1,10 @@
 """BatchWriter: collects processed messages, commits them in batches, then lets them be acknowledged.
 
 * A batch closes at `writer_batch_size` messages or `writer_linger_ms` after its first message.
-* One transaction per batch; `on_committed(messages)` runs only after COMMIT returned.
+* One transaction per batch; after COMMIT returned, each after-commit observer (`observe()`) is
+  called with the batch, in the order they were registered. The ingestor registers first, so a
+  batch is acknowledged before anything else reacts to it; an observer that raises is logged and
+  counted and cannot keep the others from running.
 * Transient failure (connection lost, server restarting, serialization): the batch is retried
   with backoff and stays unacknowledged; `healthy` is False meanwhile.
 * Permanent failure (the data itself is refused): the batch is split in halves until the
@@ -50,6 +53,9 @@ class Pending:
     route: str | None
 
 
+CommitObserver = Callable[[list[Pending]], None]
+
+
 class ValueRefused(Exception):
     """A value its column cannot hold, found while encoding rows for COPY (before PostgreSQL sees them)."""
 
@@ -82,7 +88,7 @@ class BatchWriter:
         retry_first_delay: float = 0.05,
         retry_max_delay: float = 30.0,
         last_seen_resolution: float = 1.0,
-        on_committed: Callable[[list[Pending]], None],
+        on_batch: Callable[[int, float], None] = lambda _size, _seconds: None,
     ) -> None:
         self._engine = engine
         self.batch_size = batch_size
@@ -90,7 +96,7 @@ class BatchWriter:
         self._retry_first = retry_first_delay
         self._retry_max = retry_max_delay
         self._resolution = last_seen_resolution
-        self._on_committed = on_committed
+        self._observers: list[CommitObserver] = []
         self._pending: list[Pending] = []
         self._first_at = 0.0
         self._nonempty = asyncio.Event()
@@ -102,7 +108,15 @@ class BatchWriter:
         self.healthy = True
         self.last_error: str | None = None
         self.in_commit = 0
-        self.on_batch: Callable[[int, float], None] = lambda _size, _seconds: None
+        self._on_batch = on_batch  # (messages, seconds) per committed transaction
+
+    def observe(self, observer: CommitObserver) -> None:
+        """Call `observer(batch)` after every commit, after the observers registered before it.
+
+        Observers run on the writer's task between two commits: each must be cheap (hand work to a
+        task of its own) and must not block.
+        """
+        self._observers.append(observer)
 
     @property
     def backlog(self) -> int:
@@ -141,7 +155,15 @@ class BatchWriter:
                 await self._commit_with_retry(batch)
             finally:
                 self.in_commit = 0
-            self._on_committed(batch)
+            self._notify(batch)
+
+    def _notify(self, batch: list[Pending]) -> None:
+        for observer in self._observers:
+            try:
+                observer(batch)
+            except Exception:
+                metrics.ERRORS.labels("commit_observer").inc()
+                log.exception("after-commit observer %r failed", observer)
 
     async def drain(self) -> None:
         """Commit everything pending (used at shutdown)."""
@@ -231,7 +253,7 @@ class BatchWriter:
             # COPY cannot skip them, the ON CONFLICT statements can.
             log.debug("%s: a row of the batch is stored already; writing it again with ON CONFLICT", exc)
             await self._attempt(g, touch, copy=False)
-        self.on_batch(len(batch), time.perf_counter() - started)
+        self._on_batch(len(batch), time.perf_counter() - started)
         for device, seen in touch:
             self._last_seen[device] = seen
         if len(self._last_seen) > _MAX_LAST_SEEN_CACHE:
