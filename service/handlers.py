@@ -22,6 +22,7 @@ async def device_status(msg: DeviceStatus, ctx: MessageContext) -> Outcome:
             stamped=msg.timestamp is not None,
             retained=ctx.message.retain,
             received_at=ctx.received_at,
+            redelivered=ctx.message.dup,
         )
     ]
 

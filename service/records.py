@@ -23,6 +23,7 @@ class StatusRecord(NamedTuple):
     stamped: bool = True
     retained: bool = False
     received_at: float = 0.0  # epoch seconds, service clock
+    redelivered: bool = False  # MQTT DUP: first received earlier, so never "received last" (a will)
 
 
 class TelemetryRecord(NamedTuple):

@@ -139,7 +139,11 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
         # MQTT 5 properties. We never allow topic aliases (no Topic Alias Maximum in CONNECT),
         # so nothing in them changes how the message is routed.
         props_len, pos = _varint(raw, pos)
-        self.sink(InboundMessage(topic, raw[pos + props_len :], qos, bool(cmd & 1), time.time(), mid, self.link))
+        self.sink(
+            InboundMessage(
+                topic, raw[pos + props_len :], qos, bool(cmd & 1), time.time(), mid, self.link, bool(cmd & 8)
+            )
+        )
 
 
 class _Client(Client):  # type: ignore[misc]

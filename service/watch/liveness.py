@@ -10,7 +10,8 @@ The ordering rule (docs/fleet-watch.md, "Liveness"):
   received after it (cause `status`). It does not move `status_ts`.
 * An `offline` status received after everything else from the device applies even when its own
   timestamp is old or missing: that is how a last will looks (the broker publishes it only once the
-  device's connection is gone). Cause `will`.
+  device's connection is gone). Cause `will`. A redelivered copy (MQTT DUP) never counts as
+  received last: it was first received earlier.
 * A retained status is history: it applies only on the device's clock (stamped and newer than
   `status_ts`), or, unstamped, only to a device whose state is unknown. Cause `retained`. It is never
   a will and does not count as hearing from the device.
@@ -145,7 +146,8 @@ def walk(
     after.reverse()
     heard = max([r.received_at for r in recs if not r.retained] + ([other_seen] if other_seen else []), default=None)
     for r, later_at in zip(recs, after, strict=True):
-        received_last = later_at <= r.received_at and state.last_seen <= r.received_at
+        # A redelivery (DUP) was first received earlier: it cannot be the last thing we heard.
+        received_last = not r.redelivered and later_at <= r.received_at and state.last_seen <= r.received_at
         newer_on_device_clock = r.stamped and (status_ts is None or r.ts > status_ts)
         cause: str | None = None
         if r.retained:
