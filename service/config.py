@@ -5,8 +5,11 @@ A bad value stops start-up with one line naming the setting: see `load_settings(
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +63,59 @@ class Settings(BaseSettings):
     # No message for this many seconds while devices are known turns health "degraded"; 0 = off.
     health_stale_after_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
 
+    # Fleet watch (docs/fleet-watch.md)
+    # A device silent this long is marked offline (cause "timeout"); 0 turns the sweep off.
+    device_offline_after_seconds: Annotated[float, Field(ge=0, le=30 * 86_400)] = 180.0
+    # How often the inactivity sweep runs (one indexed query each time).
+    device_sweep_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # auto: a new device is registered as known; review: registered unknown (known=false) with an
+    # "unknown_device" alert until POST /devices/{id}/accept.
+    device_registration: Literal["auto", "review"] = "auto"
+    # Relays whose state changes are notified: "ESP32_001:0,*:3" (device glob : relay index or *).
+    critical_relays: str = ""
+    # Notifications: MQTT topic root for alerts (default <MQTT_TOPIC_PREFIX>/alerts), webhooks.
+    alert_mqtt_enabled: bool = True
+    alert_mqtt_topic: Annotated[str, Field(pattern=r"^[^+#]*$")] = ""
+    alert_webhook_urls: str = ""
+    alert_webhook_secret: SecretStr | None = None
+    alert_webhook_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Undelivered this long after it was written: the notification is marked failed.
+    notify_max_age_seconds: Annotated[float, Field(gt=0, le=30 * 86_400)] = 86_400.0
+    notify_retry_first_delay_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    notify_retry_max_delay_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    # Rows the sender claims at a time (bounds its memory whatever the backlog).
+    notify_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    notify_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+
+    @property
+    def webhook_urls(self) -> list[str]:
+        return [u.strip() for u in self.alert_webhook_urls.split(",") if u.strip()]
+
+    @property
+    def alert_topic(self) -> str:
+        return self.alert_mqtt_topic.strip("/") or f"{self.mqtt_topic_prefix}/alerts"
+
+    @property
+    def critical_relay_rules(self) -> list[tuple[str, int | None]]:
+        return parse_critical_relays(self.critical_relays)
+
+    @field_validator("critical_relays")
+    @classmethod
+    def _relay_rules(cls, value: str) -> str:
+        parse_critical_relays(value)
+        return value
+
+    @field_validator("alert_webhook_urls")
+    @classmethod
+    def _webhooks(cls, value: str) -> str:
+        for url in (u.strip() for u in value.split(",")):
+            if not url:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {_redact(url)!r}")
+        return value
+
     @field_validator("mqtt_monitor_log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -106,6 +162,34 @@ class Settings(BaseSettings):
         return value
 
 
+_RELAY_RULE = re.compile(r"^([^:,/+#\x00]+):(\*|[0-9]{1,5})$")
+
+
+def parse_critical_relays(value: str) -> list[tuple[str, int | None]]:
+    """Parse "ESP32_001:0,*:3" -> [("ESP32_001", 0), ("*", 3)]; index None means every relay."""
+    rules: list[tuple[str, int | None]] = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        found = _RELAY_RULE.match(item)
+        if not found:
+            raise ValueError(f"{item!r} is not <device glob>:<relay index or *>")
+        fnmatch.translate(found[1])
+        rules.append((found[1], None if found[2] == "*" else int(found[2])))
+    return rules
+
+
+def _redact(url: str) -> str:
+    """A URL without its user info, query or fragment (they may hold credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+redact_url = _redact
+
+
 class SettingsError(SystemExit):
     """Start-up stops here: one line that names the setting."""
 
@@ -118,6 +202,6 @@ def load_settings(**overrides: Any) -> Settings:
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
         raise SettingsError(
             f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})"
-            if name not in ("MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN")
+            if name not in ("MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN", "ALERT_WEBHOOK_URLS", "ALERT_WEBHOOK_SECRET")
             else f"invalid setting {name}: {first['msg']}"
         ) from None

@@ -19,6 +19,10 @@ async def device_status(msg: DeviceStatus, ctx: MessageContext) -> Outcome:
             ip_address=str(msg.ip_address) if msg.ip_address is not None else None,
             firmware_version=msg.firmware_version,
             uptime=msg.uptime,
+            stamped=msg.timestamp is not None,
+            retained=ctx.message.retain,
+            received_at=ctx.received_at,
+            redelivered=ctx.message.dup,
         )
     ]
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from service import logs
-from service.api import dead_letters, devices, errors, health, metrics, routes_table
+from service.api import alerts, dead_letters, devices, errors, health, metrics, routes_table
 from service.config import Settings, load_settings
 from service.runtime import Runtime
 
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (health, metrics, devices, routes_table, dead_letters):
+    for module in (health, metrics, devices, routes_table, dead_letters, alerts):
         app.include_router(module.router)
 
     errors.install(app)

@@ -42,3 +42,30 @@ DEAD_LETTER_REPLAYS = Counter(
 )
 for _outcome in ("resolved", "failed"):
     DEAD_LETTER_REPLAYS.labels(_outcome)  # both series exist from the start, at 0
+
+# Fleet watch (labels: alert kinds and channels, both bounded by code)
+ALERTS_OPENED = Counter("autocore_alerts_total", "Alerts opened, by kind", ["kind"])
+ALERTS_OPEN = Gauge("autocore_alerts_open", "Alerts open now, by kind", ["kind"])
+CONNECTIVITY_CHANGES = Counter(
+    "autocore_connectivity_changes_total", "Devices going online or offline, by cause", ["cause", "online"]
+)
+SWEEP_SECONDS = Histogram(
+    "autocore_liveness_sweep_seconds",
+    "Duration of one inactivity sweep",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+SWEEPS_SKIPPED = Counter(
+    "autocore_liveness_sweeps_skipped_total", "Sweeps not run, by reason (broker down, window not full...)", ["reason"]
+)
+NOTIFICATIONS_PENDING = Gauge("autocore_notifications_pending", "Notifications waiting for delivery", ["channel"])
+NOTIFICATIONS_SENT = Counter("autocore_notifications_sent_total", "Notifications delivered", ["channel"])
+NOTIFICATIONS_FAILED = Counter(
+    "autocore_notifications_failed_total", "Notifications given up (NOTIFY_MAX_AGE_SECONDS passed)", ["channel"]
+)
+NOTIFICATION_ATTEMPTS_FAILED = Counter(
+    "autocore_notification_attempts_failed_total", "Delivery attempts that failed (retried later)", ["channel"]
+)
+for _channel in ("mqtt", "webhook"):
+    NOTIFICATIONS_PENDING.labels(_channel)
+    NOTIFICATIONS_SENT.labels(_channel)
+    NOTIFICATIONS_FAILED.labels(_channel)

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 Outcome = Sequence[Record]
 
 _MAX_ERROR_TEXT = 2_000
+OWN = "own"  # the route name of messages on the service's own topics (Router.own_topics)
 
 
 class MessageContext:
@@ -105,6 +106,8 @@ class Pipeline:
 
     async def process(self, message: InboundMessage) -> tuple[str | None, Outcome]:
         """The route's name (None if none matched) and the records to store for the message."""
+        if self.router.is_own(message.topic):
+            return OWN, []  # what we published ourselves: acknowledged, nothing stored
         found = self.router.match(message.topic)
         if found is None:
             return None, [dead_letter(message, NoRoute(f"no route for topic {message.topic!r}"))]

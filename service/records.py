@@ -13,11 +13,17 @@ from typing import NamedTuple
 
 class StatusRecord(NamedTuple):
     device_id: str
-    ts: datetime
+    ts: datetime  # the device's timestamp, or the receive time when it sent none (see `stamped`)
     is_online: bool
     ip_address: str | None
     firmware_version: str | None
     uptime: int | None
+    # How the liveness rule orders it (docs/fleet-watch.md): by the device's clock when stamped,
+    # by the receive order otherwise; a retained message is history, not news.
+    stamped: bool = True
+    retained: bool = False
+    received_at: float = 0.0  # epoch seconds, service clock
+    redelivered: bool = False  # MQTT DUP: first received earlier, so never "received last" (a will)
 
 
 class TelemetryRecord(NamedTuple):

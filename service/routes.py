@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from service import handlers
 from service.models import DeviceStatus, DisplayInteraction, RelayStatus, SystemMessage, Telemetry
 from service.routing.middleware import Middleware
@@ -26,8 +28,8 @@ def device_routes(prefix: str) -> RouteGroup:
     )
 
 
-def build_router(prefix: str) -> Router:
-    return Router([device_routes(prefix)])
+def build_router(prefix: str, own_topics: Sequence[str] = ()) -> Router:
+    return Router([device_routes(prefix)], own_topics)
 
 
 DEFAULT_MIDDLEWARE: list[Middleware] = []

@@ -16,12 +16,19 @@ from service.config import Settings
 from service.ingest import Ingestor
 from service.mqtt.message import InboundMessage
 from service.mqtt.transport import ConnectionState, MqttTransport
+from service.notify.channels import Channel
+from service.notify.mqtt import MqttChannel
+from service.notify.outbox import MQTT, WEBHOOK, Outbox
+from service.notify.sender import Sender
+from service.notify.webhook import WebhookChannel
 from service.pipeline import Pipeline
 from service.routes import DEFAULT_MIDDLEWARE, build_router
 from service.routing.router import Router
 from service.storage.db import create_engine, ping
 from service.storage.migrate import upgrade_to_head
-from service.storage.writer import BatchWriter
+from service.storage.writer import BatchWriter, Pending
+from service.watch.liveness import Watch
+from service.watch.sweep import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,9 @@ class Runtime:
     router: Router
     ingestor: Ingestor
     transport: MqttTransport | None
+    outbox: Outbox = field(default_factory=Outbox)
+    sender: Sender | None = None
+    sweeper: Sweeper | None = None
     started_at: float = field(default_factory=time.time)
     db_ok: bool = True
     # Sessions of the HTTP API's reads (one per request); the writer keeps its own connection.
@@ -47,7 +57,15 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings)
-        router = build_router(settings.mqtt_topic_prefix)
+        # Our own alert topic is not a device's: acknowledged, never routed or dead-lettered.
+        router = build_router(settings.mqtt_topic_prefix, own_topics=[settings.alert_topic])
+        outbox = Outbox.from_settings(settings)
+        watch = Watch(
+            outbox,
+            registration=settings.device_registration,
+            critical_relays=settings.critical_relay_rules,
+            offline_after=settings.device_offline_after_seconds,
+        )
         writer = BatchWriter(
             engine,
             batch_size=settings.writer_batch_size,
@@ -56,6 +74,7 @@ class Runtime:
             retry_max_delay=settings.writer_retry_max_delay,
             last_seen_resolution=settings.device_last_seen_resolution,
             on_batch=_observe_batch,
+            watch=watch,
         )
         transport: MqttTransport | None = None
         if settings.mqtt_monitor_enabled:
@@ -69,7 +88,32 @@ class Runtime:
             hold_reading=transport.hold_reading if transport is not None else _no_hold,
             window=settings.mqtt_receive_maximum,
         )
-        return cls(settings, engine, router, ingestor, transport)
+        channels: dict[str, Channel] = {}
+        if transport is not None:
+            channels[MQTT] = MqttChannel(transport.publish, timeout=settings.mqtt_connect_timeout)
+        if settings.webhook_urls:
+            channels[WEBHOOK] = WebhookChannel(settings.alert_webhook_secret, settings.alert_webhook_timeout_seconds)
+        sender = Sender(
+            engine,
+            channels,
+            page=settings.notify_batch_size,
+            poll=settings.notify_poll_seconds,
+            max_age=settings.notify_max_age_seconds,
+            first_delay=settings.notify_retry_first_delay_seconds,
+            max_delay=settings.notify_retry_max_delay_seconds,
+            send_timeout=max(settings.alert_webhook_timeout_seconds, settings.mqtt_connect_timeout),
+        )
+        writer.observe(_WakeSender(outbox, sender))
+        sweeper = Sweeper(
+            engine,
+            outbox,
+            offline_after=settings.device_offline_after_seconds,
+            interval=settings.device_sweep_interval_seconds,
+            connection=lambda: transport.state if transport is not None else None,
+            writer_healthy=lambda: writer.healthy,
+            on_notified=sender.wake,
+        )
+        return cls(settings, engine, router, ingestor, transport, outbox, sender, sweeper)
 
     async def start(self) -> None:
         if self.settings.db_migrate_on_start:
@@ -88,9 +132,15 @@ class Runtime:
             self.transport.start(self.ingestor.submit)
         else:
             log.info("MQTT_MONITOR_ENABLED=false: serving HTTP without the subscriber")
+        if self.sweeper is not None:
+            self.sweeper.start()
+        if self.sender is not None:
+            self.sender.start()  # delivers what an earlier run left undelivered, too
 
     async def stop(self) -> None:
         grace = self.settings.shutdown_grace_seconds
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         if self.transport is not None:
             # Take nothing new; commit and acknowledge what we hold, then disconnect.
             self.transport.pause()
@@ -100,6 +150,10 @@ class Runtime:
                     "shutdown grace period over with %d messages uncommitted; the broker redelivers them",
                     self.ingestor.in_flight,
                 )
+        if self.sender is not None:
+            # Undelivered rows stay in the outbox for the next run (or another replica).
+            await self.sender.stop()
+        if self.transport is not None:
             await self.transport.stop()
         await self.ingestor.stop()
         await self.ingestor.writer.close()
@@ -128,6 +182,18 @@ def _no_hold(_hold: bool) -> None:
 def _observe_batch(size: int, seconds: float) -> None:
     metrics.BATCH_SIZE.observe(size)
     metrics.DB_WRITE_SECONDS.observe(seconds)
+
+
+class _WakeSender:
+    """After-commit observer: wakes the sender when the batch wrote notification rows (cheap)."""
+
+    def __init__(self, outbox: Outbox, sender: Sender) -> None:
+        self._outbox = outbox
+        self._sender = sender
+
+    def __call__(self, _batch: list[Pending]) -> None:
+        if self._outbox.take_written():
+            self._sender.wake()
 
 
 class _ConnectionMetrics:

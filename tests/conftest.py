@@ -39,6 +39,8 @@ TABLES = (
     "display_interactions",
     "system_messages",
     "dead_letters",
+    "alerts",
+    "notifications",
 )
 
 

@@ -114,8 +114,8 @@ async def test_device_detail_relays_and_connectivity(
         assert (resp.status_code, resp.json()) == (404, {"detail": "device 'D1' has no relay 7"})
         assert (await c.get("/devices/D1/relays/70000/history")).status_code == 422
         connectivity = (await c.get("/devices/D2/connectivity")).json()
-        assert connectivity == [{"ts": "2025-03-01T12:00:00Z", "is_online": True},
-                                {"ts": "2025-03-01T12:05:00Z", "is_online": False}]  # fmt: skip
+        assert connectivity == [{"ts": "2025-03-01T12:00:00Z", "is_online": True, "cause": "status"},
+                                {"ts": "2025-03-01T12:05:00Z", "is_online": False, "cause": "status"}]  # fmt: skip
         assert (await c.get("/devices/D2/connectivity", params={"limit": 1})).json() == connectivity[:1]
         for path in ("/devices/NOPE", "/devices/NOPE/telemetry", "/devices/NOPE/relays",
                      "/devices/NOPE/relays/0/history", "/devices/NOPE/connectivity"):  # fmt: skip

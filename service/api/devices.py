@@ -11,10 +11,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.api.deps import SessionDep
+from service.api.deps import RuntimeDep, SessionDep, TokenDep
 from service.api.params import NO_NUL, DeviceId, From, Limit, Offset, Time, To
 from service.api.schemas import (
     Aggregate,
+    AlertPublic,
     ConnectivityChange,
     DeviceDetail,
     DevicePublic,
@@ -26,7 +27,9 @@ from service.api.schemas import (
     TelemetryBuckets,
     TelemetryPublic,
 )
-from service.storage import queries
+from service.storage import queries, watch_queries
+from service.watch.alerts import UNKNOWN_DEVICE, resolve_alerts
+from service.watch.sweep import raw_connection
 
 router = APIRouter(
     prefix="/devices", tags=["devices"], responses={503: {"model": Problem, "description": "database unavailable"}}
@@ -93,26 +96,55 @@ async def list_devices(
     sort: Annotated[
         Literal["device_id", "last_seen", "-last_seen"], Query(description="ties are broken by device_id")
     ] = "device_id",
+    known: Annotated[
+        bool | None, Query(description="false: devices waiting for review (DEVICE_REGISTRATION=review)")
+    ] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Any:
     """Devices, one page at a time: `total` counts every match, `offset` + `limit` pick the page."""
     rows, total = await queries.device_page(
-        session, online=online, seen_since=seen_since, q=q, sort=sort, limit=limit, offset=offset
+        session, online=online, seen_since=seen_since, q=q, sort=sort, limit=limit, offset=offset, known=known
     )
     return Page[DevicePublic](items=[DevicePublic(**r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{device_id}", response_model=DeviceDetail, responses=_UNKNOWN)
 async def get_device(session: SessionDep, device_id: DeviceId) -> Any:
-    """Current state: online, last seen, IP, firmware, uptime, the newest telemetry row, every relay."""
+    """Current state: online, last seen, IP, firmware, uptime, the newest telemetry row, every relay,
+    its open alerts."""
     row = await _existing(session, device_id)
     latest = await queries.latest_telemetry(session, device_id)
     return DeviceDetail(
         **row,
         latest_telemetry=TelemetryPublic(**latest) if latest else None,
         relays=[RelayPublic(**r) for r in await queries.relays(session, device_id)],
+        open_alerts=[AlertPublic(**a) for a in await watch_queries.open_alerts_of(session, device_id)],
     )
+
+
+@router.post(
+    "/{device_id}/accept",
+    response_model=DevicePublic,
+    dependencies=[TokenDep],
+    responses={
+        **_UNKNOWN,
+        401: {"model": Problem, "description": "missing or wrong token"},
+        403: {"model": Problem, "description": "API_TOKEN is not set: mutating endpoints are disabled"},
+    },
+)
+async def accept_device(runtime: RuntimeDep, session: SessionDep, device_id: DeviceId) -> Any:
+    """Mark a device known (reviewed); its `unknown_device` alert is resolved (and notified). Idempotent."""
+    async with raw_connection(runtime.engine) as conn, conn.transaction():
+        found = await conn.fetchval(
+            "UPDATE devices SET known = true WHERE device_id = $1 RETURNING device_id", device_id
+        )
+        if found is None:
+            raise HTTPException(404, f"unknown device {device_id!r}")
+        await resolve_alerts(conn, runtime.outbox, [(device_id, UNKNOWN_DEVICE, "")])
+    if runtime.sender is not None and runtime.outbox.take_written():
+        runtime.sender.wake()
+    return DevicePublic(**await _existing(session, device_id))
 
 
 @router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic] | TelemetryBuckets, responses=_UNKNOWN)

@@ -10,12 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import metrics
 from service.api.deps import RuntimeDep
-from service.storage import queries
+from service.storage import queries, watch_queries
 
 router = APIRouter(tags=["metrics"])
 
 # A scrape must answer within Prometheus's timeout (10 s by default) even while the database hangs.
 _QUERY_TIMEOUT = 2.0
+_KINDS_SEEN: set[str] = {"offline", "unknown_device"}
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
@@ -29,6 +30,14 @@ async def prometheus_metrics(runtime: RuntimeDep) -> Response:
     try:
         async with asyncio.timeout(_QUERY_TIMEOUT), runtime.sessions() as session:
             metrics.DEVICES_ONLINE.set(await queries.devices_online(session))
+            open_alerts = await watch_queries.open_alert_counts(session)
+            pending = await watch_queries.pending_notification_counts(session)
+        # Kinds seen before and now closed go back to 0 rather than keep their last value.
+        for kind in {*open_alerts, *_KINDS_SEEN}:
+            metrics.ALERTS_OPEN.labels(kind).set(open_alerts.get(kind, 0))
+        _KINDS_SEEN.update(open_alerts)
+        for channel in ("mqtt", "webhook"):
+            metrics.NOTIFICATIONS_PENDING.labels(channel).set(pending.get(channel, 0))
     except Exception:
         # The gauge keeps its last value; the error counter says it is not fresh.
         metrics.ERRORS.labels("metrics_query").inc()

@@ -34,6 +34,10 @@ class DevicePublic(BaseModel):
     ip_address: str | None
     firmware_version: str | None
     uptime: int | None
+    known: bool = Field(True, description="false until accepted (DEVICE_REGISTRATION=review)")
+    connectivity_cause: str | None = Field(
+        None, description="why is_online last changed: status, retained, will, timeout, message"
+    )
 
 
 class TelemetryPublic(BaseModel):
@@ -53,9 +57,26 @@ class RelayPublic(BaseModel):
     ts: datetime
 
 
+class AlertPublic(BaseModel):
+    id: int
+    device_id: str
+    kind: str = Field(description="offline, unknown_device, ... (docs/fleet-watch.md)")
+    key: str = Field(description="what inside the device (a relay, a metric); may be empty")
+    severity: str
+    message: str
+    details: dict[str, Any]
+    opened_at: datetime
+    last_seen_at: datetime = Field(description="the condition was last seen (it was opened again while open)")
+    count: int = Field(description="times the condition was seen while this alert was open")
+    resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+
+
 class DeviceDetail(DevicePublic):
     latest_telemetry: TelemetryPublic | None
     relays: list[RelayPublic]
+    open_alerts: list[AlertPublic] = Field(default_factory=list)
 
 
 class RelayChange(BaseModel):
@@ -68,6 +89,7 @@ class RelayChange(BaseModel):
 class ConnectivityChange(BaseModel):
     ts: datetime
     is_online: bool
+    cause: str = Field("status", description="status, retained, will, timeout, message")
 
 
 class Aggregate(BaseModel):
@@ -130,3 +152,20 @@ class BulkReplayOutcome(BaseModel):
     resolved: int
     failed: int
     outcomes: list[ReplayOutcome]
+
+
+class NotificationPublic(BaseModel):
+    id: int
+    event_id: str = Field(description="the Idempotency-Key: the same on every retry and every channel")
+    channel: str
+    target: str = Field(description="MQTT topic, or webhook URL without credentials or query")
+    device_id: str
+    kind: str
+    state: str = Field(description="opened, resolved or event")
+    alert_id: int | None
+    status: str = Field(description="pending, sent or failed")
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    sent_at: datetime | None
+    last_error: str | None

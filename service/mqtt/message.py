@@ -16,3 +16,4 @@ class InboundMessage(NamedTuple):
     received_at: float  # time.time()
     mid: int | None = None
     link: Link | None = None
+    dup: bool = False  # DUP flag: the broker sent this before (a redelivery)

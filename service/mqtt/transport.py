@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gmqtt import Client, Subscription
+from gmqtt import Client, Message, Subscription
 from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
@@ -85,11 +85,36 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+class PublishError(Exception):
+    """A publish the broker did not acknowledge: not connected, connection lost, or refused."""
+
+
 class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
-    """gmqtt's packet handler, with PUBLISH handed to `sink` synchronously and never acknowledged here."""
+    """gmqtt's packet handler, with PUBLISH handed to `sink` synchronously and never acknowledged here.
+    Our own QoS 1 publishes wait in `pubacks` (mid -> future) for their PUBACK."""
 
     sink: Sink
     link: Link
+    pubacks: dict[int, asyncio.Future[None]]
+
+    def _handle_puback_packet(self, cmd: int, packet: bytes) -> None:
+        super()._handle_puback_packet(cmd, packet)
+        (mid,) = _unpack_u16(packet, 0)
+        waiter = self.pubacks.pop(mid, None)
+        if waiter is None or waiter.done():
+            return
+        # MQTT 5: a reason code >= 0x80 refuses the message (0x10 "no subscribers" is a success).
+        code = packet[2] if len(packet) > 2 else 0
+        if code >= 0x80:
+            waiter.set_exception(PublishError(f"broker refused the message (reason code 0x{code:02x})"))
+        else:
+            waiter.set_result(None)
+
+    def fail_pending(self, reason: str) -> None:
+        waiters, self.pubacks = self.pubacks, {}
+        for waiter in waiters.values():
+            if not waiter.done():
+                waiter.set_exception(PublishError(reason))
 
     def __call__(self, package: Any) -> None:
         # PUBLISH straight to our parser; gmqtt's generic dispatch (debug log, handler lookup)
@@ -114,7 +139,11 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
         # MQTT 5 properties. We never allow topic aliases (no Topic Alias Maximum in CONNECT),
         # so nothing in them changes how the message is routed.
         props_len, pos = _varint(raw, pos)
-        self.sink(InboundMessage(topic, raw[pos + props_len :], qos, bool(cmd & 1), time.time(), mid, self.link))
+        self.sink(
+            InboundMessage(
+                topic, raw[pos + props_len :], qos, bool(cmd & 1), time.time(), mid, self.link, bool(cmd & 8)
+            )
+        )
 
 
 class _Client(Client):  # type: ignore[misc]
@@ -279,6 +308,32 @@ class MqttTransport:
             sent += link.ack(group)
         return sent
 
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                      timeout: float = 10.0) -> None:  # fmt: skip
+        """Publish on the current connection; at QoS 1, return once the broker acknowledged it.
+
+        Raises PublishError when not connected, when the connection is lost first, or when the
+        broker refuses it, and TimeoutError without an answer in `timeout` seconds. Nothing is
+        resent on a new connection: the caller (the notification outbox) retries.
+        """
+        if qos not in (0, 1):
+            raise ValueError("QoS 0 or 1")
+        client, link = self._client, self._link
+        if client is None or link is None or not link.open or not self.state.connected:
+            raise PublishError("not connected to the broker")
+        handler = client._package_handler
+        mid, _package = client._connection.publish(Message(topic, payload, qos=qos, retain=retain))
+        if qos == 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        handler.pubacks[mid] = waiter
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        finally:
+            handler.pubacks.pop(mid, None)
+
     # -- connection loop -------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -311,6 +366,7 @@ class MqttTransport:
             self.state.failed_attempts = 0
             self.state.next_attempt_in = None
             await self._lost.wait()
+            client._package_handler.fail_pending("connection lost before the broker acknowledged")
             self._set_disconnected("connection lost")
             self._client = None
             with contextlib.suppress(Exception):
@@ -336,6 +392,7 @@ class MqttTransport:
         handler.__class__ = _DeferredAckHandler
         handler.sink = self._deliver
         handler.link = link
+        handler.pubacks = {}
         if s.mqtt_username:
             password = s.mqtt_password.get_secret_value() if s.mqtt_password else None
             client.set_auth_credentials(s.mqtt_username, password)
@@ -356,7 +413,9 @@ class MqttTransport:
             client._connection._protocol.__class__ = _Protocol
             # Resubscribe on every connect, whatever session-present says: the broker may have
             # dropped the session (expiry, restart without persistence).
-            client.subscribe([Subscription(f, qos=q) for f, q in self._filters])
+            # No Local: what we publish ourselves (alerts) is not sent back to us. It is a protocol
+            # error on shared subscriptions; the router's own-topic filter covers those (and replicas).
+            client.subscribe([Subscription(f, qos=q, no_local=not f.startswith("$share/")) for f, q in self._filters])
             codes = await asyncio.wait_for(subacks, timeout=s.mqtt_connect_timeout)
         except BaseException:
             self._client = None

@@ -60,7 +60,10 @@ class RouteGroup:
 
 
 class Router:
-    def __init__(self, routes: Sequence[Route | RouteGroup]) -> None:
+    """`own_topics`: topic prefixes the service publishes itself (alerts, later rule actions). A
+    message under one is ours, not a device's: acknowledged and neither routed nor dead-lettered."""
+
+    def __init__(self, routes: Sequence[Route | RouteGroup], own_topics: Sequence[str] = ()) -> None:
         flat: list[Route] = []
         subscriptions: list[tuple[str, int]] = []
         for item in routes:
@@ -85,6 +88,10 @@ class Router:
         self._subscriptions = subscriptions
         self._by_name = {r.name: r for r in flat}
         self._cache: dict[str, tuple[Route, dict[str, Any]] | None] = {}
+        self.own_topics: tuple[str, ...] = tuple(f"{t.strip('/')}/" for t in own_topics)
+
+    def is_own(self, topic: str) -> bool:
+        return bool(self.own_topics) and topic.startswith(self.own_topics)
 
     def match(self, topic: str) -> tuple[Route, dict[str, Any]] | None:
         try:

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 METRICS = ("temperature", "humidity", "voltage", "memory_free")
 _DEVICE_COLUMNS = (
-    "device_id, is_online, first_seen, last_seen, status_ts, host(ip_address) AS ip_address, firmware_version, uptime"
+    "device_id, is_online, first_seen, last_seen, status_ts, host(ip_address) AS ip_address, firmware_version, uptime, "
+    "known, connectivity_cause"
 )
 DEVICE_SORTS = {"device_id": "device_id", "last_seen": "last_seen", "-last_seen": "last_seen DESC"}
 
@@ -34,9 +35,13 @@ async def device_page(
     sort: str,
     limit: int,
     offset: int,
+    known: bool | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     where: list[str] = ["true"]
     params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if known is not None:
+        where.append("known = :known")
+        params["known"] = known
     if online is not None:
         where.append("is_online IS NOT DISTINCT FROM :online")
         params["online"] = online
@@ -155,7 +160,7 @@ async def connectivity(
     cond = _window(params, start, end)
     return await _rows(
         session,
-        f"SELECT ts, is_online FROM connectivity_events WHERE device_id = :d{cond} ORDER BY ts LIMIT :limit",
+        f"SELECT ts, is_online, cause FROM connectivity_events WHERE device_id = :d{cond} ORDER BY ts LIMIT :limit",
         params,
     )
 

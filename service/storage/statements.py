@@ -2,6 +2,7 @@
 
 Every statement is idempotent, because the broker may deliver a message again:
 rows with a natural key use ON CONFLICT DO NOTHING, state upserts apply only newer timestamps.
+Device rows (last seen, status, liveness) are written by service/watch/liveness.py.
 """
 
 from __future__ import annotations
@@ -20,39 +21,6 @@ from service.records import (
     SystemRecord,
     TelemetryRecord,
 )
-
-TOUCH_DEVICES = """
-INSERT INTO devices AS d (device_id, first_seen, last_seen)
-SELECT device_id, to_timestamp(seen), to_timestamp(seen) FROM unnest($1::text[], $2::float8[]) AS u(device_id, seen)
-ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
-WHERE d.last_seen < EXCLUDED.last_seen
-"""
-
-LOCK_STATUS = """
-SELECT device_id, is_online, status_ts FROM devices WHERE device_id = ANY($1::text[]) FOR UPDATE
-"""
-
-UPSERT_STATUS = """
-INSERT INTO devices AS d
-    (device_id, first_seen, last_seen, is_online, status_ts, ip_address, firmware_version, uptime)
-SELECT u.device_id, to_timestamp(u.seen), to_timestamp(u.seen), u.is_online, u.ts, u.ip_address::inet,
-       u.firmware_version, u.uptime
-FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::text[], $5::text[], $6::int8[], $7::float8[])
-     AS u(device_id, ts, is_online, ip_address, firmware_version, uptime, seen)
-ON CONFLICT (device_id) DO UPDATE
-SET is_online = EXCLUDED.is_online, status_ts = EXCLUDED.status_ts,
-    ip_address = COALESCE(EXCLUDED.ip_address, d.ip_address),
-    firmware_version = COALESCE(EXCLUDED.firmware_version, d.firmware_version),
-    uptime = COALESCE(EXCLUDED.uptime, d.uptime),
-    last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen)
-WHERE d.status_ts IS NULL OR d.status_ts < EXCLUDED.status_ts
-"""
-
-INSERT_CONNECTIVITY = """
-INSERT INTO connectivity_events (device_id, ts, is_online)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bool[])
-ON CONFLICT DO NOTHING
-"""
 
 INSERT_TELEMETRY = """
 INSERT INTO telemetry (device_id, ts, temperature, humidity, voltage, memory_free, extra, received_at)
@@ -163,36 +131,6 @@ def telemetry_rows(records: Sequence[TelemetryRecord]) -> list[tuple[Any, ...]]:
 def relay_history_rows(records: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
     """RELAY_HISTORY_COLUMNS for COPY."""
     return [(*r[:5], _from_epoch(r[5], UTC)) for r in records]
-
-
-def connectivity_changes(
-    statuses: Sequence[StatusRecord], current: dict[str, tuple[bool | None, datetime | None]]
-) -> tuple[list[StatusRecord], list[tuple[str, datetime, bool]]]:
-    """The newest status per device and the online/offline transitions, given the stored state.
-
-    Statuses older than the stored one never apply (out-of-order delivery must not move
-    state backwards); newer ones are walked in time order to find each change.
-    """
-    newest: dict[str, StatusRecord] = {}
-    events: list[tuple[str, datetime, bool]] = []
-    for rec in sorted(statuses, key=lambda r: (r.device_id, r.ts)):
-        online, since = current.get(rec.device_id, (None, None))
-        if since is not None and rec.ts <= since:
-            continue
-        if rec.is_online != online:
-            events.append((rec.device_id, rec.ts, rec.is_online))
-        current[rec.device_id] = (rec.is_online, rec.ts)
-        earlier = newest.get(rec.device_id)
-        if earlier is not None:
-            # A field the newest status leaves out keeps the value an earlier one in the batch
-            # gave, as if they had been applied one after the other.
-            rec = rec._replace(
-                ip_address=rec.ip_address if rec.ip_address is not None else earlier.ip_address,
-                firmware_version=rec.firmware_version if rec.firmware_version is not None else earlier.firmware_version,
-                uptime=rec.uptime if rec.uptime is not None else earlier.uptime,
-            )
-        newest[rec.device_id] = rec
-    return list(newest.values()), events
 
 
 def newest_relays(relays: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:

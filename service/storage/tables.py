@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Double,
     Index,
@@ -17,7 +18,8 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy import text as sql_text
+from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -51,8 +53,19 @@ class Device(Base):
     ip_address: Mapped[str | None] = mapped_column(INET)
     firmware_version: Mapped[str | None] = mapped_column(Text)
     uptime: Mapped[int | None] = mapped_column(BigInteger)
+    # False until an operator accepts it (DEVICE_REGISTRATION=review).
+    known: Mapped[bool] = mapped_column(Boolean, server_default=sql_text("true"))
+    # When is_online last changed (service clock); a message received after it revives an offline device.
+    state_changed_at: Mapped[datetime | None] = mapped_column(TS)
+    # Why is_online last changed: status, retained, will, timeout, message.
+    connectivity_cause: Mapped[str | None] = mapped_column(Key)
 
-    __table_args__ = (Index(None, "last_seen"),)
+    __table_args__ = (
+        Index(None, "last_seen"),
+        # The inactivity sweep reads only devices that can still time out.
+        Index("ix_devices_awake_last_seen", "last_seen", postgresql_where=sql_text("is_online IS NOT FALSE")),
+        Index("ix_devices_unknown", "device_id", postgresql_where=sql_text("NOT known")),
+    )
 
 
 class ConnectivityEvent(Base):
@@ -62,6 +75,8 @@ class ConnectivityEvent(Base):
     ts: Mapped[datetime] = mapped_column(TS, primary_key=True)
     is_online: Mapped[bool] = mapped_column(Boolean)
     recorded_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    # status, retained, will, timeout, message (docs/fleet-watch.md)
+    cause: Mapped[str] = mapped_column(Key, server_default="status")
 
 
 class TelemetryRow(Base):
@@ -164,4 +179,60 @@ class DeadLetter(Base):
         Index(None, "topic", "digest", "stage", unique=True),
         Index(None, "received_at"),
         Index(None, "stage", "received_at"),
+    )
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(Key)
+    kind: Mapped[str] = mapped_column(Key)
+    key: Mapped[str] = mapped_column(Key, server_default="")
+    severity: Mapped[str] = mapped_column(Key)
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, object]] = mapped_column(JSONB, server_default="{}")
+    opened_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    count: Mapped[int] = mapped_column(Integer, server_default="1")
+    resolved_at: Mapped[datetime | None] = mapped_column(TS)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(TS)
+    acknowledged_by: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("severity IN ('info', 'warning', 'critical')", name="severity"),
+        Index(
+            "ix_alerts_open", "device_id", "kind", "key", unique=True, postgresql_where=sql_text("resolved_at IS NULL")
+        ),
+        Index(None, "opened_at"),
+        Index(None, "device_id", "opened_at"),
+    )
+
+
+class Notification(Base):
+    """The outbox: one row per event and channel target, written in the transaction that caused it."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[object] = mapped_column(UUID(as_uuid=True))
+    channel: Mapped[str] = mapped_column(Key)
+    target: Mapped[str] = mapped_column(Text)
+    device_id: Mapped[str] = mapped_column(Key)
+    kind: Mapped[str] = mapped_column(Key)
+    state: Mapped[str] = mapped_column(Key)
+    alert_id: Mapped[int | None] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Key, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    next_attempt_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(TS)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        Index("ix_notifications_due", "next_attempt_at", postgresql_where=sql_text("status = 'pending'")),
+        Index(None, "event_id", "channel", "target", unique=True),
+        Index(None, "status", "id"),
     )

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -35,6 +34,7 @@ from service.mqtt.message import InboundMessage
 from service.pipeline import dead_letter
 from service.records import Record
 from service.storage import statements as sql
+from service.watch.liveness import Watch
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class BatchWriter:
         retry_max_delay: float = 30.0,
         last_seen_resolution: float = 1.0,
         on_batch: Callable[[int, float], None] = lambda _size, _seconds: None,
+        watch: Watch | None = None,
     ) -> None:
         self._engine = engine
         self.batch_size = batch_size
@@ -109,6 +110,8 @@ class BatchWriter:
         self.last_error: str | None = None
         self.in_commit = 0
         self._on_batch = on_batch  # (messages, seconds) per committed transaction
+        # Liveness, alerts and critical relays, derived in the batch's own transaction.
+        self._watch = watch or Watch()
 
     def observe(self, observer: CommitObserver) -> None:
         """Call `observer(batch)` after every commit, after the observers registered before it.
@@ -314,20 +317,8 @@ class BatchWriter:
     async def _execute(
         self, conn: asyncpg.Connection, g: sql.Grouped, touch: list[tuple[str, float]], *, copy: bool
     ) -> None:
-        if touch:
-            await conn.execute(sql.TOUCH_DEVICES, *sql.columns(touch, 2))
-        if g.status:
-            rows = await conn.fetch(sql.LOCK_STATUS, list({s.device_id for s in g.status}))
-            current: dict[str, tuple[bool | None, datetime | None]] = {
-                r["device_id"]: (r["is_online"], r["status_ts"]) for r in rows
-            }
-            newest, events = sql.connectivity_changes(g.status, current)
-            if newest:
-                seen = g.seen
-                rows = [(*rec, seen[rec.device_id]) for rec in newest]
-                await conn.execute(sql.UPSERT_STATUS, *sql.columns(rows, 7))
-            if events:
-                await conn.execute(sql.INSERT_CONNECTIVITY, *sql.columns(events, 3))
+        if touch or g.status:
+            await self._watch.devices(conn, g.status, g.seen, touch)
         if g.telemetry:
             if copy:
                 await _copy(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_rows(g.telemetry))
@@ -338,6 +329,7 @@ class BatchWriter:
                 await _copy(conn, "relay_state_history", sql.RELAY_HISTORY_COLUMNS, sql.relay_history_rows(g.relays))
             else:
                 await conn.execute(sql.INSERT_RELAY_HISTORY, *sql.columns(g.relays, 6))
+            await self._watch.relays(conn, g.relays)  # locks and compares critical relays first
             await conn.execute(sql.UPSERT_RELAYS, *sql.columns(sql.newest_relays(g.relays), 5))
         if g.display:
             await conn.execute(sql.INSERT_DISPLAY, *sql.columns(g.display, 9))

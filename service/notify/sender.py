@@ -1,0 +1,184 @@
+"""The outbox sender: delivers notification rows after their commit, at least once.
+
+* Claims a bounded page of due rows with FOR UPDATE SKIP LOCKED and leases them (next_attempt_at
+  moves past the send), so replicas never send the same row at once and a process that dies
+  mid-send leaves the row to be retried once the lease is over.
+* One target at a time in row order; a failed target postpones the rest of its page, other targets
+  go on. Retries back off exponentially (capped) and end NOTIFY_MAX_AGE_SECONDS after the row was
+  written: then it is marked failed and counted.
+* It reads pages from the table, never an in-memory queue: a dead webhook costs a row update per
+  retry, not memory, and it runs on its own task and connection, off the ingestion path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import metrics
+from service.notify.channels import Channel, DeliveryError
+from service.notify.outbox import MQTT
+from service.watch.sweep import raw_connection
+
+log = logging.getLogger(__name__)
+
+EXPIRE = """
+UPDATE notifications SET status = 'failed', next_attempt_at = now(),
+       last_error = coalesce(last_error, 'never delivered') || ' (gave up: older than NOTIFY_MAX_AGE_SECONDS)'
+WHERE status = 'pending' AND next_attempt_at <= now() AND created_at < now() - make_interval(secs => $1)
+RETURNING channel
+"""
+
+CLAIM = """
+UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $2), attempts = n.attempts + 1
+WHERE n.id IN (SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= now()
+               ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING n.id, n.event_id, n.channel, n.target, n.body, n.attempts
+"""
+
+MARK_SENT = "UPDATE notifications SET status = 'sent', sent_at = now() WHERE id = ANY($1::int8[])"
+
+MARK_FAILED = """
+UPDATE notifications n
+SET last_error = u.error,
+    status = CASE WHEN n.created_at < now() - make_interval(secs => $4) THEN 'failed' ELSE 'pending' END,
+    next_attempt_at = now() + make_interval(secs => u.delay)
+FROM unnest($1::int8[], $2::text[], $3::float8[]) AS u(id, error, delay)
+WHERE n.id = u.id
+RETURNING n.channel, n.status
+"""
+
+
+class Sender:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channels: Mapping[str, Channel],
+        *,
+        page: int,
+        poll: float,
+        max_age: float,
+        first_delay: float,
+        max_delay: float,
+        send_timeout: float,
+    ) -> None:
+        self._engine = engine
+        self._channels = dict(channels)
+        self.page = page
+        self.poll = poll
+        self.max_age = max_age
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        # A claimed row is someone's for this long: longer than any send can take.
+        self.lease = send_timeout * 2 + 5
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Deliver now rather than at the next poll (cheap: sets an event)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notify-sender")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for channel in self._channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                handled = await self.deliver_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.ERRORS.labels("notify_sender").inc()
+                log.warning("notification sender: %s: %s; trying again in %.1fs", exc.__class__.__name__, exc,
+                            self.poll)  # fmt: skip
+                handled = 0
+            if handled >= self.page:
+                continue  # more may be due
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
+            self._wake.clear()
+
+    def backoff(self, attempts: int) -> float:
+        base = min(self.max_delay, self.first_delay * 2 ** min(attempts - 1, 30))
+        return float(base * random.uniform(0.5, 1.0))  # spread retries of many rows apart
+
+    async def deliver_once(self) -> int:
+        """Deliver one page of due rows; returns how many rows were claimed."""
+        async with raw_connection(self._engine) as conn:
+            for r in await conn.fetch(EXPIRE, self.max_age):
+                metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
+            async with conn.transaction():
+                rows = await conn.fetch(CLAIM, self.page, self.lease)
+        if not rows:
+            return 0
+        groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
+        for r in sorted(rows, key=lambda r: r["id"]):
+            # Every MQTT row goes to the one broker: one group. Each webhook URL is its own.
+            groups[(r["channel"], "" if r["channel"] == MQTT else r["target"])].append(r)
+        outcomes = await asyncio.gather(*(self._send_group(g) for g in groups.values()))
+        sent: list[int] = []
+        failed: list[tuple[int, str, float]] = []
+        for ok, bad in outcomes:
+            sent.extend(ok)
+            failed.extend(bad)
+        async with raw_connection(self._engine) as conn:
+            if sent:
+                await conn.execute(MARK_SENT, sent)
+            if failed:
+                result = await conn.fetch(MARK_FAILED, *[list(c) for c in zip(*failed, strict=True)], self.max_age)
+                for r in result:
+                    metrics.NOTIFICATION_ATTEMPTS_FAILED.labels(r["channel"]).inc()
+                    if r["status"] == "failed":
+                        metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
+        by_channel: dict[str, int] = defaultdict(int)
+        done = set(sent)
+        for r in rows:
+            if r["id"] in done:
+                by_channel[r["channel"]] += 1
+        for channel, n in by_channel.items():
+            metrics.NOTIFICATIONS_SENT.labels(channel).inc(n)
+        return len(rows)
+
+    async def _send_group(self, rows: list[Any]) -> tuple[list[int], list[tuple[int, str, float]]]:
+        sent: list[int] = []
+        failed: list[tuple[int, str, float]] = []
+        down: str | None = None
+        for r in rows:
+            if down is not None:
+                failed.append((r["id"], down, self.backoff(r["attempts"])))
+                continue
+            channel = self._channels.get(r["channel"])
+            try:
+                if channel is None:
+                    raise DeliveryError(f"channel {r['channel']!r} is not configured in this process")
+                await channel.send(r["target"], r["event_id"], r["body"])
+            except DeliveryError as exc:
+                down = str(exc)
+                failed.append((r["id"], down, self.backoff(r["attempts"])))
+                log.info("notification %d (%s) not delivered: %s", r["id"], r["channel"], down)
+                continue
+            except Exception as exc:
+                down = f"{exc.__class__.__name__}: {exc}"
+                failed.append((r["id"], down, self.backoff(r["attempts"])))
+                log.exception("notification %d (%s): unexpected error", r["id"], r["channel"])
+                continue
+            sent.append(r["id"])
+        return sent, failed

@@ -1,0 +1,1 @@
+"""Watching the fleet: liveness (online/offline and why), alerts, critical relays."""
