@@ -86,3 +86,10 @@ def test_timed_out_device_comes_back_with_any_message_but_not_one_offline_by_its
     said_offline = _State(False, T0, NOW - 300, NOW - 300, "status")
     state, _, changes = walk("D", [status(True, T0 - timedelta(hours=1), NOW)], said_offline, other_seen=NOW + 1)
     assert (state.is_online, changes) == (False, [])
+
+
+def test_a_new_device_created_by_its_own_unstamped_status_takes_it() -> None:
+    # The row was inserted with this message's receive time, rounded up to the microsecond.
+    received = 1_800_000_000.1234567
+    state, _, changes = walk("D", [status(True, None, received)], _State(None, None, received + 4e-7, None), None)
+    assert (state.is_online, [c[3] for c in changes]) == (True, ["status"])

@@ -41,6 +41,7 @@ from service.records import RelayRecord, StatusRecord
 from service.watch.alerts import OFFLINE, UNKNOWN_DEVICE, AlertSpec, open_alerts, resolve_alerts
 
 _from_epoch = datetime.fromtimestamp
+_US = 1e-6
 
 LOCK_DEVICES = """
 SELECT device_id, is_online, status_ts, extract(epoch FROM last_seen)::float8 AS last_seen,
@@ -147,7 +148,8 @@ def walk(
     heard = max([r.received_at for r in recs if not r.retained] + ([other_seen] if other_seen else []), default=None)
     for r, later_at in zip(recs, after, strict=True):
         # A redelivery (DUP) was first received earlier: it cannot be the last thing we heard.
-        received_last = not r.redelivered and later_at <= r.received_at and state.last_seen <= r.received_at
+        # (Stored times are whole microseconds: to_timestamp() may round this very message's up.)
+        received_last = not r.redelivered and later_at <= r.received_at and state.last_seen <= r.received_at + _US
         newer_on_device_clock = r.stamped and (status_ts is None or r.ts > status_ts)
         cause: str | None = None
         if r.retained:
@@ -173,7 +175,7 @@ def walk(
             at = r.ts if cause in ("status", "retained") and r.stamped else _from_epoch(r.received_at, UTC)
             changes.append((device, at, r.is_online, cause))
             online, changed, why = r.is_online, r.received_at, cause
-    if online is False and why in REVIVABLE and other_seen is not None and other_seen > (changed or 0.0):
+    if online is False and why in REVIVABLE and other_seen is not None and other_seen > (changed or 0.0) + _US:
         # Heard from after it went offline: back online.
         changes.append((device, _from_epoch(other_seen, UTC), True, "message"))
         online, changed, why = True, other_seen, "message"
