@@ -6,10 +6,12 @@ A bad value stops start-up with one line naming the setting: see `load_settings(
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _ASYNC_SCHEME = "postgresql+asyncpg"
 
@@ -36,6 +38,13 @@ class Settings(BaseSettings):
     mqtt_monitor_reconnect_delay: Annotated[float, Field(gt=0, le=3600)] = 5.0
     mqtt_reconnect_max_delay: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     mqtt_connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # TLS to the broker (docs/security.md). Files are checked at start-up (service/mqtt/tls.py).
+    mqtt_tls: bool = False
+    mqtt_tls_ca_file: Path | None = None  # else the system's trust store
+    mqtt_tls_cert_file: Path | None = None  # client certificate (mutual TLS), with MQTT_TLS_KEY_FILE
+    mqtt_tls_key_file: Path | None = None
+    mqtt_tls_server_hostname: str | None = None  # the name the certificate must carry, if not the host's
+    mqtt_tls_insecure: bool = False  # no verification at all: a warning at every connect
 
     # Database
     database_url: str = f"{_ASYNC_SCHEME}://postgres@localhost:5432/autocore"
@@ -57,6 +66,12 @@ class Settings(BaseSettings):
     # HTTP API
     # Bearer token for mutating endpoints (dead-letter replay); unset disables them (403).
     api_token: SecretStr | None = None
+    # Bearer token every read endpoint requires (API_TOKEN is accepted too); unset = reads are open.
+    api_read_token: SecretStr | None = None
+    # Bearer token /metrics requires (API_TOKEN is accepted too); unset = /metrics is open.
+    metrics_token: SecretStr | None = None
+    # Origins a browser may call the API from (comma-separated, or *); empty = no CORS headers.
+    cors_origins: Annotated[list[str], NoDecode] = []
     # No message for this many seconds while devices are known turns health "degraded"; 0 = off.
     health_stale_after_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
 
@@ -68,13 +83,28 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r} (use DEBUG, INFO, WARNING, ERROR)")
         return level
 
-    @field_validator("api_token")
+    @field_validator("api_token", "api_read_token", "metrics_token")
     @classmethod
     def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty token would let an empty "Authorization: Bearer" in.
         token = value.get_secret_value() if value is not None else None
-        if token is not None and (not token or token.strip() != token):
-            raise ValueError("must be non-empty without leading or trailing spaces (unset it to disable replays)")
+        if token is not None and (not token or token.strip() != token or not token.isprintable()):
+            raise ValueError("must be non-empty, printable, without leading or trailing spaces (or unset)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], or *)")
         return value
 
     @field_validator("database_url")
@@ -106,6 +136,10 @@ class Settings(BaseSettings):
         return value
 
 
+# Settings whose value never appears in an error line.
+_SECRETS = ("MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN", "API_READ_TOKEN", "METRICS_TOKEN")
+
+
 class SettingsError(SystemExit):
     """Start-up stops here: one line that names the setting."""
 
@@ -118,6 +152,6 @@ def load_settings(**overrides: Any) -> Settings:
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
         raise SettingsError(
             f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})"
-            if name not in ("MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN")
+            if name not in _SECRETS
             else f"invalid setting {name}: {first['msg']}"
         ) from None
