@@ -146,7 +146,7 @@ class SettingsError(SystemExit):
 
 def load_settings(**overrides: Any) -> Settings:
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
@@ -155,3 +155,7 @@ def load_settings(**overrides: Any) -> Settings:
             if name not in _SECRETS
             else f"invalid setting {name}: {first['msg']}"
         ) from None
+    from service.mqtt import tls  # here: the module needs Settings
+
+    tls.client_context(settings)  # a bad MQTT_TLS_* file stops start-up here, with the setting's name
+    return settings

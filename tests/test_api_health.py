@@ -30,7 +30,8 @@ async def test_live_ready_and_health_follow_the_broker(service: ServiceFactory, 
         own_broker.kill()
         await eventually(lambda: not svc.runtime.transport.state.connected, timeout=10)
         ready = await c.get("/health/ready")
-        assert (ready.status_code, ready.json()["reasons"]) == (503, ["not connected to the MQTT broker"])
+        assert ready.status_code == 503
+        assert [r.partition(":")[0] for r in ready.json()["reasons"]] == ["not connected to the MQTT broker"]
         health = await c.get("/health/mqtt-monitor")
         body = health.json()
         assert (health.status_code, body["status"], body["broker_connected"]) == (503, "unhealthy", False)

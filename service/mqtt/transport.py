@@ -29,13 +29,14 @@ from typing import Any
 
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.connection import MQTTConnection
-from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
 from gmqtt.mqtt.package import Package
 from gmqtt.mqtt.protocol import MQTTProtocol
 
 from service import metrics
 from service.config import Settings
+from service.mqtt import failures, tls
 from service.mqtt.backoff import full_jitter
 from service.mqtt.message import InboundMessage
 
@@ -102,6 +103,16 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
             return
         super().__call__(package)
 
+    def _handle_connack_packet(self, cmd: int, packet: bytes) -> None:
+        # "Unacceptable protocol version" to our MQTT 5 CONNECT: gmqtt would quietly downgrade to
+        # 3.1.1, where acknowledgements are sent on receipt (messages lost on a crash). Refuse instead.
+        if len(packet) >= 2 and packet[1] == 1 and self._connection_state.protocol_version == MQTTv50:
+            self._connection_state.protocol_version = MQTTv311  # what the broker speaks, for the record
+            self._error = failures.BrokerTooOld()
+            self._connack_received.set()
+            return
+        super()._handle_connack_packet(cmd, packet)
+
     def _handle_publish_packet(self, cmd: int, raw: bytes) -> None:
         qos = (cmd & 0x06) >> 1
         (topic_len,) = _unpack_u16(raw, 0)
@@ -127,6 +138,19 @@ class _Client(Client):  # type: ignore[misc]
         # own loop reconnects with backoff instead.
         self._on_lost()
 
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        # Our connection and protocol classes from the start, so a loss before CONNACK (a TLS
+        # alert, a broker closing on us) is recorded with its cause.
+        connection = await super()._create_connection(*args, **kwargs)
+        connection.__class__ = _Connection
+        connection._protocol.__class__ = _Protocol
+        return connection
+
+    @property
+    def lost_because(self) -> BaseException | None:
+        conn = self._connection
+        return getattr(conn._protocol, "lost_because", None) if conn is not None else None
+
 
 class _Connection(MQTTConnection):  # type: ignore[misc]
     """gmqtt's connection; its keepalive watchdog (closes after 2 x keepalive without a byte from the
@@ -143,6 +167,12 @@ class _Connection(MQTTConnection):  # type: ignore[misc]
 class _Protocol(MQTTProtocol):  # type: ignore[misc]
     """gmqtt's protocol with a leaner packet loop: a PUBLISH goes straight to the handler's parser
     (no Package tuple, no per-packet dispatch or clock read); other packets take gmqtt's path."""
+
+    lost_because: BaseException | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost_because = exc
+        super().connection_lost(exc)
 
     def _read_packet(self, data: bytes) -> int:
         conn = self._connection
@@ -221,6 +251,8 @@ class MqttTransport:
         self._task: asyncio.Task[None] | None = None
         self._links = 0
         self._on_state_change = on_state_change
+        # Built here, at start-up: a bad MQTT_TLS_* file stops the service before it serves.
+        self._ssl = tls.client_context(settings)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -287,12 +319,12 @@ class MqttTransport:
         while not self._stopping.is_set():
             try:
                 client = await self._connect()
-            except (OSError, TimeoutError, MQTTConnectError) as exc:
+            except (OSError, TimeoutError, MQTTConnectError, failures.BrokerTooOld) as exc:
                 delay = full_jitter(attempt, s.mqtt_monitor_reconnect_delay, s.mqtt_reconnect_max_delay)
                 attempt += 1
                 self.state.failed_attempts = attempt
                 metrics.ERRORS.labels("mqtt_connect").inc()
-                self.state.last_error = f"{exc.__class__.__name__}: {str(exc) or 'no answer in time'}"
+                self.state.last_error = failures.describe(exc, s)
                 self.state.next_attempt_in = delay
                 level = logging.WARNING if attempt <= 3 or attempt % 10 == 0 else logging.INFO
                 log.log(
@@ -347,13 +379,11 @@ class MqttTransport:
 
         client.on_subscribe = on_subscribe
         self._client = client
+        if s.mqtt_tls and s.mqtt_tls_insecure:
+            log.warning("MQTT_TLS_INSECURE=true: the broker's certificate is not verified (anyone on the path "
+                        "can impersonate it and read the fleet's messages)")  # fmt: skip
         try:
-            await asyncio.wait_for(
-                client.connect(s.mqtt_broker_host, s.mqtt_broker_port, keepalive=s.mqtt_keepalive, version=MQTTv50),
-                timeout=s.mqtt_connect_timeout,
-            )
-            client._connection.__class__ = _Connection
-            client._connection._protocol.__class__ = _Protocol
+            await self._until_connack(client)
             # Resubscribe on every connect, whatever session-present says: the broker may have
             # dropped the session (expiry, restart without persistence).
             client.subscribe([Subscription(f, qos=q) for f, q in self._filters])
@@ -378,6 +408,31 @@ class MqttTransport:
         )
         self._on_state_change(self.state)
         return client
+
+    async def _until_connack(self, client: _Client) -> None:
+        """CONNECT and wait for CONNACK, or for the connection to close first (a TLS alert, a broker
+        that hangs up on us), or for MQTT_CONNECT_TIMEOUT: whichever comes first, with its cause."""
+        s = self._settings
+        connect = asyncio.ensure_future(
+            client.connect(s.mqtt_broker_host, s.mqtt_broker_port, ssl=self._ssl or False,
+                           keepalive=s.mqtt_keepalive, version=MQTTv50)
+        )  # fmt: skip
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({connect, lost}, timeout=s.mqtt_connect_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            lost.cancel()
+            if not connect.done():
+                connect.cancel()
+                with contextlib.suppress(BaseException):
+                    await connect
+        if connect in done:
+            connect.result()
+            return
+        if lost in done:
+            raise failures.ClosedBeforeConnack() from client.lost_because
+        raise TimeoutError()
 
     def _record_subacks(self, codes: tuple[int, ...]) -> None:
         granted: dict[str, int | None] = {}
