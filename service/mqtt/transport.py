@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +37,7 @@ from gmqtt.mqtt.protocol import MQTTProtocol
 
 from service import metrics
 from service.config import Settings
-from service.mqtt import failures, tls
+from service.mqtt import failures, probe, tls
 from service.mqtt.backoff import full_jitter
 from service.mqtt.message import InboundMessage
 
@@ -320,6 +321,7 @@ class MqttTransport:
             try:
                 client = await self._connect()
             except (OSError, TimeoutError, MQTTConnectError, failures.BrokerTooOld) as exc:
+                exc = await self._diagnose(exc)
                 delay = full_jitter(attempt, s.mqtt_monitor_reconnect_delay, s.mqtt_reconnect_max_delay)
                 attempt += 1
                 self.state.failed_attempts = attempt
@@ -408,6 +410,14 @@ class MqttTransport:
         )
         self._on_state_change(self.state)
         return client
+
+    async def _diagnose(self, exc: BaseException) -> BaseException:
+        """A CONNECT left unanswered may be a broker that speaks only MQTT 3.1.1 (service/mqtt/probe.py)."""
+        if isinstance(exc, TimeoutError | failures.ClosedBeforeConnack) and not isinstance(exc.__cause__, ssl.SSLError):
+            s = self._settings
+            if await probe.speaks_only_311(s.mqtt_broker_host, s.mqtt_broker_port, self._ssl, s.mqtt_connect_timeout):
+                return failures.BrokerTooOld()
+        return exc
 
     async def _until_connack(self, client: _Client) -> None:
         """CONNECT and wait for CONNACK, or for the connection to close first (a TLS alert, a broker
