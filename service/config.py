@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Last-seen updates for a device are coalesced to at most one per this many seconds.
     device_last_seen_resolution: Annotated[float, Field(ge=0, le=3600)] = 1.0
 
+    # Devices the in-memory fleet cache keeps (answers while the database is away); 0 = no cache.
+    fleet_cache_max_devices: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
 
     # HTTP API
