@@ -76,15 +76,28 @@ class Link:
         return len(packets)
 
 
+class MalformedPacket(ValueError):
+    """A packet MQTT 5 calls malformed: the connection is closed (MQTT-4.13), never a guess at its content."""
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
+    """A variable byte integer of at most 4 bytes at `pos`; (value, position after it)."""
+    value, shift, end = 0, 0, len(data)
     while True:
+        if pos >= end:
+            raise MalformedPacket("variable byte integer runs past the end of the packet")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
             return value, pos
         shift += 7
+        if shift > 21:
+            raise MalformedPacket("variable byte integer longer than 4 bytes")
+
+
+# Packets a broker never sends to a client: receiving one means the stream is not MQTT we can trust.
+_NEVER_FROM_BROKER = frozenset({0x00, 0x10, 0x80, 0xA0, 0xC0})
 
 
 class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
@@ -99,8 +112,9 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
         if package.cmd & 0xF0 == 0x30:
             try:
                 self._handle_publish_packet(package.cmd, package.data)
-            except Exception:
-                log.exception("malformed PUBLISH packet dropped (it stays unacknowledged)")
+            except MalformedPacket as exc:
+                log.error("malformed PUBLISH from the broker (%s): closing the connection", exc)
+                self._connection._transport.abort()
             return
         super().__call__(package)
 
@@ -115,18 +129,40 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
         super()._handle_connack_packet(cmd, packet)
 
     def _handle_publish_packet(self, cmd: int, raw: bytes) -> None:
+        """Parse one PUBLISH (MQTT 5) and hand it on; MalformedPacket if it is not one."""
         qos = (cmd & 0x06) >> 1
+        size = len(raw)
+        if qos == 3:
+            raise MalformedPacket("QoS 3")
+        if size < 2:
+            raise MalformedPacket("no room for the topic length")
         (topic_len,) = _unpack_u16(raw, 0)
         pos = 2 + topic_len
-        topic = raw[2:pos].decode("utf-8", "replace")
+        if pos > size:
+            raise MalformedPacket(f"topic length {topic_len} runs past the end of the packet ({size} bytes)")
+        try:
+            topic = raw[2:pos].decode()
+        except UnicodeDecodeError:
+            raise MalformedPacket("topic is not valid UTF-8") from None
+        # No topic aliases are allowed (no Topic Alias Maximum in CONNECT), so an empty topic is an error.
+        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+            raise MalformedPacket(f"not a topic name: {topic!r}")
         mid = None
         if qos:
+            if pos + 2 > size:
+                raise MalformedPacket("no room for the packet identifier")
             (mid,) = _unpack_u16(raw, pos)
+            if not mid:
+                raise MalformedPacket("packet identifier 0")
             pos += 2
-        # MQTT 5 properties. We never allow topic aliases (no Topic Alias Maximum in CONNECT),
-        # so nothing in them changes how the message is routed.
+        elif cmd & 0x08:
+            raise MalformedPacket("DUP set on a QoS 0 message")
+        # MQTT 5 properties: nothing in them changes how the message is routed.
         props_len, pos = _varint(raw, pos)
-        self.sink(InboundMessage(topic, raw[pos + props_len :], qos, bool(cmd & 1), time.time(), mid, self.link))
+        pos += props_len
+        if pos > size:
+            raise MalformedPacket(f"properties ({props_len} bytes) run past the end of the packet")
+        self.sink(InboundMessage(topic, raw[pos:], qos, bool(cmd & 1), time.time(), mid, self.link))
 
 
 class _Client(Client):  # type: ignore[misc]
@@ -183,32 +219,40 @@ class _Protocol(MQTTProtocol):  # type: ignore[misc]
         publish = handler._handle_publish_packet
         size = len(data)
         pos = 0
-        while size - pos >= 2:
-            cmd = data[pos]
-            length, shift, i = 0, 0, pos + 1
-            while True:  # remaining length: a variable byte integer of at most 4 bytes
-                if i >= size:
-                    length = -1
+        try:
+            while size - pos >= 2:
+                cmd = data[pos]
+                length, shift, i = 0, 0, pos + 1
+                while True:  # remaining length: a variable byte integer of at most 4 bytes
+                    if i >= size:
+                        length = -1
+                        break
+                    byte = data[i]
+                    i += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise MalformedPacket("remaining length longer than 4 bytes")
+                end = i + length
+                if length < 0 or end > size:
                     break
-                byte = data[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    return -1  # malformed: gmqtt resets the connection
-            end = i + length
-            if length < 0 or end > size:
-                break
-            if cmd & 0xF0 == 0x30:
-                try:
+                if cmd & 0xF0 == 0x30:
                     publish(cmd, data[i:end])
-                except Exception:
-                    log.exception("malformed PUBLISH packet dropped (it stays unacknowledged)")
-            else:
-                conn.put_package(Package(cmd, data[i:end]))
-            pos = end
+                elif cmd & 0xF0 in _NEVER_FROM_BROKER:
+                    raise MalformedPacket(f"packet type 0x{cmd & 0xF0:02x} never comes from a broker")
+                else:
+                    conn.put_package(Package(cmd, data[i:end]))
+                pos = end
+        except MalformedPacket as exc:
+            # MQTT-4.13.1: close the connection. Nothing unacknowledged is lost: the broker sends
+            # this packet and every one after it again on the next connection, and the messages
+            # delivered before it again too (their acknowledgements die with this link), which the
+            # idempotent writes store once.
+            log.error("malformed packet from the broker (%s): closing the connection", exc)
+            self._transport.abort()
+            return -1
         if pos:
             conn._last_data_in = time.monotonic()
         return pos
