@@ -120,6 +120,7 @@ class Settings(BaseSettings):
             scheme = _ASYNC_SCHEME
         if scheme != _ASYNC_SCHEME:
             raise ValueError(f"unsupported scheme {scheme!r}: use postgresql+asyncpg://")
+        _check_tls_query(rest)
         return f"{scheme}://{rest}"
 
     @field_validator("mqtt_topic_prefix")
@@ -137,6 +138,30 @@ class Settings(BaseSettings):
         if first is not None and value < first:
             raise ValueError(f"must be >= MQTT_MONITOR_RECONNECT_DELAY ({first})")
         return value
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_tls_query(rest: str) -> None:
+    """DATABASE_URL's TLS parameters: a known mode, files that can be read (never the URL in the error)."""
+    from urllib.parse import parse_qsl
+
+    query = dict(parse_qsl(rest.partition("?")[2]))
+    for name in ("ssl", "sslmode"):
+        mode = query.get(name)
+        if mode is not None and mode not in _SSLMODES:
+            raise ValueError(f"{name}={mode!r} is not one of {', '.join(_SSLMODES)}")
+    if "ssl" in query and "sslmode" in query:
+        raise ValueError("give either ssl= or sslmode=, not both")
+    for name in ("sslrootcert", "sslcert", "sslkey", "sslcrl"):
+        path = query.get(name)
+        if path is not None and path != "system":
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as exc:
+                raise ValueError(f"{name} {path!r} cannot be read: {exc.strerror or exc}") from None
 
 
 # Settings whose value never appears in an error line.
