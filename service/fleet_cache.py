@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.records import DeadLetterRecord, RelayRecord, StatusRecord, TelemetryRecord
 from service.storage import statements as sql
 from service.storage.pgtime import from_micros, micros_of, pg_micros
 from service.storage.writer import Pending
@@ -84,7 +85,8 @@ class _Device:
         self.ip_address: str | None = None
         self.firmware_version: str | None = None
         self.uptime: int | None = None
-        # (ts, temperature, humidity, voltage, memory_free, extra JSON text or dict, received_at µs)
+        # The newest row: a TelemetryRecord as committed (received_at epoch seconds, extra JSON text),
+        # or the same fields as loaded (received_at a datetime, extra a dict).
         self.telemetry: tuple[Any, ...] | None = None
         self.relays: dict[int, tuple[bool, str | None, datetime]] = {}
         self.overflow = False  # more relays than MAX_RELAYS: its answers are not ours to give
@@ -175,8 +177,7 @@ class FleetCache:
             for r in (await conn.execute(text(_LOAD_TELEMETRY))).mappings():
                 dev = devices.get(r["device_id"])
                 if dev is not None:
-                    dev.telemetry = (r["ts"], r["temperature"], r["humidity"], r["voltage"], r["memory_free"],
-                                     r["extra"], micros_of(r["received_at"]))  # fmt: skip
+                    dev.telemetry = _loaded_telemetry(r)
             await conn.rollback()
         return devices
 
@@ -210,14 +211,13 @@ class FleetCache:
         for r in latest:
             d = self._devices.get(r["device_id"])
             if d is not None:
-                d.telemetry = (r["ts"], r["temperature"], r["humidity"], r["voltage"], r["memory_free"],
-                               r["extra"], micros_of(r["received_at"]))  # fmt: skip
+                d.telemetry = _loaded_telemetry(r)
 
     # -- the after-commit hook -----------------------------------------------------------------
 
     def observe(self, batch: list[Pending]) -> None:
         """`BatchWriter.observe` hook: apply a committed batch (a few dictionary updates per message)."""
-        g = sql.group([(p.message.received_at, p.records) for p in batch])
+        g = _group(batch)
         touches = self._mirror_touches(g)
         self.as_of = time.time()
         backlog = self._backlog
@@ -287,9 +287,8 @@ class FleetCache:
                     d.last_seen = us
         for t in g.telemetry:  # newest timestamp wins; of equal ones, the first stored stays
             d = devices.get(t.device_id)
-            if d is not None and (d.telemetry is None or t.ts > d.telemetry[0]):
-                d.telemetry = (t.ts, t.temperature, t.humidity, t.voltage, t.memory_free, t.extra,
-                               pg_micros(t.received_at))  # fmt: skip
+            if d is not None and (d.telemetry is None or t.ts > d.telemetry[1]):
+                d.telemetry = t
         if g.relays:  # UPSERT_RELAYS: a newer change only
             for device_id, index, ts, state, triggered_by in sql.newest_relays(g.relays):
                 d = devices.get(device_id)
@@ -345,7 +344,9 @@ class FleetCache:
         d = self._get(device_id)
         if d is None or d.telemetry is None:
             return None
-        ts, temperature, humidity, voltage, memory_free, extra, received_at = d.telemetry
+        _device, ts, temperature, humidity, voltage, memory_free, extra, received_at = d.telemetry
+        if isinstance(received_at, float):
+            received_at = from_micros(pg_micros(received_at))
         return {
             "ts": ts,
             "temperature": temperature,
@@ -353,7 +354,7 @@ class FleetCache:
             "voltage": voltage,
             "memory_free": memory_free,
             "extra": json.loads(extra) if isinstance(extra, str) else extra,
-            "received_at": from_micros(received_at),
+            "received_at": received_at,
         }
 
     def relays(self, device_id: str) -> list[dict[str, Any]]:
@@ -367,6 +368,32 @@ class FleetCache:
     @property
     def size(self) -> int:
         return len(self._devices)
+
+
+def _group(batch: list[Pending]) -> sql.Grouped:
+    """sql.group() for what the cache uses (statuses, telemetry, relays, who was seen when), in one pass."""
+    g = sql.Grouped()
+    seen, status, telemetry, relays = g.seen, g.status, g.telemetry, g.relays
+    for p in batch:
+        received_at = p.message.received_at
+        for rec in p.records:
+            if isinstance(rec, TelemetryRecord):
+                telemetry.append(rec)
+            elif isinstance(rec, DeadLetterRecord):
+                continue
+            elif isinstance(rec, StatusRecord):
+                status.append(rec)
+            elif isinstance(rec, RelayRecord):
+                relays.append(rec)
+            device = rec.device_id
+            if received_at > seen.get(device, 0.0):
+                seen[device] = received_at
+    return g
+
+
+def _loaded_telemetry(r: Any) -> tuple[Any, ...]:
+    return (r["device_id"], r["ts"], r["temperature"], r["humidity"], r["voltage"], r["memory_free"], r["extra"],
+            r["received_at"])  # fmt: skip
 
 
 def _set_relay(d: _Device, index: int, value: tuple[bool, str | None, datetime]) -> None:
