@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -278,7 +279,7 @@ class FleetCache:
                     continue
                 d.is_online, d.status_ts = rec.is_online, rec.ts
                 if rec.ip_address is not None:
-                    d.ip_address = rec.ip_address
+                    d.ip_address = pg_inet(rec.ip_address)
                 if rec.firmware_version is not None:
                     d.firmware_version = rec.firmware_version
                 if rec.uptime is not None:
@@ -368,6 +369,20 @@ class FleetCache:
     @property
     def size(self) -> int:
         return len(self._devices)
+
+
+def pg_inet(text: str) -> str:
+    """An address as PostgreSQL's host(inet) prints it (Python prints embedded IPv4 in hex)."""
+    if ":" not in text:
+        return text
+    address = ipaddress.IPv6Address(text)
+    words = address.packed
+    if words[:10] == bytes(10) and (
+        words[10:12] == b"\xff\xff" or (words[10:12] == b"\0\0" and words[12:14] != b"\0\0")
+    ):
+        v4 = ipaddress.IPv4Address(words[12:])
+        return f"::ffff:{v4}" if words[10:12] == b"\xff\xff" else f"::{v4}"
+    return address.compressed
 
 
 def _group(batch: list[Pending]) -> sql.Grouped:
