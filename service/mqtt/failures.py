@@ -23,6 +23,10 @@ class BrokerTooOld(Exception):
         )
 
 
+class NoConnack(TimeoutError):
+    """Connected, CONNECT sent, no CONNACK within MQTT_CONNECT_TIMEOUT."""
+
+
 class ClosedBeforeConnack(ConnectionError):
     """The broker (or a TLS peer) closed the connection before answering CONNECT."""
 
@@ -78,6 +82,9 @@ def describe(exc: BaseException, settings: Settings) -> str:
         return f"broker {where} closed the connection before answering CONNECT{tls}"
     if isinstance(exc, ConnectionRefusedError):
         return f"connection to {where} refused (nothing listens there?)"
+    if isinstance(exc, NoConnack):
+        return f"{where} accepted the connection but did not answer CONNECT within MQTT_CONNECT_TIMEOUT="\
+               f"{s.mqtt_connect_timeout:g}s"  # fmt: skip
     if isinstance(exc, TimeoutError):
         return f"no answer from {where} within MQTT_CONNECT_TIMEOUT={s.mqtt_connect_timeout:g}s"
     if isinstance(exc, OSError):

@@ -457,7 +457,10 @@ class MqttTransport:
 
     async def _diagnose(self, exc: BaseException) -> BaseException:
         """A CONNECT left unanswered may be a broker that speaks only MQTT 3.1.1 (service/mqtt/probe.py)."""
-        if isinstance(exc, TimeoutError | failures.ClosedBeforeConnack) and not isinstance(exc.__cause__, ssl.SSLError):
+        # Only when a connection was made: an unreachable host is not worth a second wait.
+        if isinstance(exc, failures.NoConnack | failures.ClosedBeforeConnack) and not isinstance(
+            exc.__cause__, ssl.SSLError
+        ):
             s = self._settings
             if await probe.speaks_only_311(s.mqtt_broker_host, s.mqtt_broker_port, self._ssl, s.mqtt_connect_timeout):
                 return failures.BrokerTooOld()
@@ -486,7 +489,7 @@ class MqttTransport:
             return
         if lost in done:
             raise failures.ClosedBeforeConnack() from client.lost_because
-        raise TimeoutError()
+        raise failures.NoConnack() if client._connection is not None else TimeoutError()
 
     def _record_subacks(self, codes: tuple[int, ...]) -> None:
         granted: dict[str, int | None] = {}
