@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.config import load_settings
-from service.storage.db import connect_args
+from service.storage.db import connect_args, split_tls
 from service.storage.tables import Base
 
 config = context.config
@@ -50,7 +50,8 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool, connect_args=connect_args(_schema()))
+    url, tls = split_tls(_url())  # libpq's sslmode/sslrootcert... as asyncpg takes them (service/storage/db.py)
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args={**connect_args(_schema()), **tls})
     async with engine.begin() as connection:
         await connection.run_sync(do_run_migrations)
     await engine.dispose()

@@ -8,11 +8,12 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _ASYNC_SCHEME = "postgresql+asyncpg"
 
@@ -39,6 +40,13 @@ class Settings(BaseSettings):
     mqtt_monitor_reconnect_delay: Annotated[float, Field(gt=0, le=3600)] = 5.0
     mqtt_reconnect_max_delay: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     mqtt_connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # TLS to the broker (docs/security.md). Files are checked at start-up (service/mqtt/tls.py).
+    mqtt_tls: bool = False
+    mqtt_tls_ca_file: Path | None = None  # else the system's trust store
+    mqtt_tls_cert_file: Path | None = None  # client certificate (mutual TLS), with MQTT_TLS_KEY_FILE
+    mqtt_tls_key_file: Path | None = None
+    mqtt_tls_server_hostname: str | None = None  # the name the certificate must carry, if not the host's
+    mqtt_tls_insecure: bool = False  # no verification at all: a warning at every connect
 
     # Database
     database_url: str = f"{_ASYNC_SCHEME}://postgres@localhost:5432/autocore"
@@ -55,11 +63,20 @@ class Settings(BaseSettings):
     # Last-seen updates for a device are coalesced to at most one per this many seconds.
     device_last_seen_resolution: Annotated[float, Field(ge=0, le=3600)] = 1.0
 
+    # Devices the in-memory fleet cache keeps (answers while the database is away); 0 = no cache.
+    fleet_cache_max_devices: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
 
     # HTTP API
     # Bearer token for mutating endpoints (dead-letter replay); unset disables them (403).
     api_token: SecretStr | None = None
+    # Bearer token every read endpoint requires (API_TOKEN is accepted too); unset = reads are open.
+    api_read_token: SecretStr | None = None
+    # Bearer token /metrics requires (API_TOKEN is accepted too); unset = /metrics is open.
+    metrics_token: SecretStr | None = None
+    # Origins a browser may call the API from (comma-separated, or *); empty = no CORS headers.
+    cors_origins: Annotated[list[str], NoDecode] = []
     # No message for this many seconds while devices are known turns health "degraded"; 0 = off.
     health_stale_after_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
 
@@ -124,13 +141,28 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r} (use DEBUG, INFO, WARNING, ERROR)")
         return level
 
-    @field_validator("api_token")
+    @field_validator("api_token", "api_read_token", "metrics_token")
     @classmethod
     def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty token would let an empty "Authorization: Bearer" in.
         token = value.get_secret_value() if value is not None else None
-        if token is not None and (not token or token.strip() != token):
-            raise ValueError("must be non-empty without leading or trailing spaces (unset it to disable replays)")
+        if token is not None and (not token or token.strip() != token or not token.isprintable()):
+            raise ValueError("must be non-empty, printable, without leading or trailing spaces (or unset)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], or *)")
         return value
 
     @field_validator("database_url")
@@ -143,6 +175,7 @@ class Settings(BaseSettings):
             scheme = _ASYNC_SCHEME
         if scheme != _ASYNC_SCHEME:
             raise ValueError(f"unsupported scheme {scheme!r}: use postgresql+asyncpg://")
+        _check_tls_query(rest)
         return f"{scheme}://{rest}"
 
     @field_validator("mqtt_topic_prefix")
@@ -188,6 +221,35 @@ def _redact(url: str) -> str:
 
 
 redact_url = _redact
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_tls_query(rest: str) -> None:
+    """DATABASE_URL's TLS parameters: a known mode, files that can be read (never the URL in the error)."""
+    from urllib.parse import parse_qsl
+
+    query = dict(parse_qsl(rest.partition("?")[2]))
+    for name in ("ssl", "sslmode"):
+        mode = query.get(name)
+        if mode is not None and mode not in _SSLMODES:
+            raise ValueError(f"{name}={mode!r} is not one of {', '.join(_SSLMODES)}")
+    if "ssl" in query and "sslmode" in query:
+        raise ValueError("give either ssl= or sslmode=, not both")
+    for name in ("sslrootcert", "sslcert", "sslkey", "sslcrl"):
+        path = query.get(name)
+        if path is not None and path != "system":
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as exc:
+                raise ValueError(f"{name} {path!r} cannot be read: {exc.strerror or exc}") from None
+
+
+# Settings whose value never appears in an error line.
+_SECRETS = (
+    "MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN", "API_READ_TOKEN", "METRICS_TOKEN",
+    "ALERT_WEBHOOK_URLS", "ALERT_WEBHOOK_SECRET",
+)  # fmt: skip
 
 
 class SettingsError(SystemExit):
@@ -196,12 +258,16 @@ class SettingsError(SystemExit):
 
 def load_settings(**overrides: Any) -> Settings:
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
         raise SettingsError(
             f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})"
-            if name not in ("MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN", "ALERT_WEBHOOK_URLS", "ALERT_WEBHOOK_SECRET")
+            if name not in _SECRETS
             else f"invalid setting {name}: {first['msg']}"
         ) from None
+    from service.mqtt import tls  # here: the module needs Settings
+
+    tls.client_context(settings)  # a bad MQTT_TLS_* file stops start-up here, with the setting's name
+    return settings

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from service import logs
-from service.api import alerts, dead_letters, devices, errors, health, metrics, routes_table
+from service.api import alerts, dead_letters, devices, errors, health, metrics, routes_table, security
 from service.config import Settings, load_settings
 from service.runtime import Runtime
 
@@ -44,10 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (health, metrics, devices, routes_table, dead_letters, alerts):
-        app.include_router(module.router)
+    # Probes stay open; /metrics has its own token; every other router is included with READ
+    # (docs/security.md): a router added later is protected by being included the same way.
+    app.include_router(health.router)
+    app.include_router(metrics.router, dependencies=[security.METRICS])
+    for module in (devices, routes_table, dead_letters, alerts):
+        app.include_router(module.router, dependencies=[security.READ])
 
     errors.install(app)
+    security.install_cors(app, settings)
     return app
 
 

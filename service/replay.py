@@ -85,6 +85,12 @@ async def replay(runtime: Runtime, dead_letter_id: int) -> Outcome:
             else:
                 outcome = Outcome(dead_letter_id, False, failed.stage, f"{failed.error_class}: {failed.error_message}")
                 await conn.execute(_FAILED, dead_letter_id, outcome.error)
+    if outcome.resolved and runtime.fleet is not None:
+        # Committed outside the writer: the fleet cache reads these devices back.
+        try:
+            await runtime.fleet.refresh(runtime.engine, {r[0] for r in records if not isinstance(r, DeadLetterRecord)})
+        except Exception as exc:
+            log.warning("fleet cache not refreshed after replay %d: %s", dead_letter_id, exc.__class__.__name__)
     metrics.DEAD_LETTER_REPLAYS.labels("resolved" if outcome.resolved else "failed").inc()
     log.info(
         "dead letter %d replayed on %r: %s",

@@ -88,7 +88,7 @@ async def test_replay_needs_a_token(
             for path in (f"/dead-letters/{dl['id']}/replay", "/dead-letters/replay"):
                 resp = await svc.client.post(path, headers=headers)
                 assert resp.status_code == 401, (path, headers)
-                assert resp.headers["www-authenticate"] == "Bearer"
+                assert resp.headers["www-authenticate"].startswith("Bearer realm=")
                 assert TOKEN not in resp.text
         assert await db.fetchval("SELECT replays FROM dead_letters WHERE id = $1", dl["id"]) == 0
         resp = await svc.client.post(f"/dead-letters/{dl['id']}/replay", headers={"authorization": f"bearer {TOKEN}"})

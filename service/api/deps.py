@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.api.security import Credentials, unauthorized
 from service.runtime import Runtime
 
 
@@ -30,21 +30,14 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-# Shown in the OpenAPI schema (the "Authorize" button of /docs); the checks below are ours.
-_bearer = HTTPBearer(auto_error=False, description="API_TOKEN, for mutating endpoints")
-
-
-def require_token(
-    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
+def require_token(runtime: RuntimeDep, credentials: Credentials) -> None:
     token = runtime.settings.api_token
     if token is None:
         raise HTTPException(403, "mutating endpoints are disabled: set API_TOKEN to enable them")
-    given = credentials.credentials if credentials is not None else ""
+    given = credentials.credentials.encode() if credentials is not None else b""
     # compare_digest: the time taken does not tell how much of a guess was right.
-    if not given or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise HTTPException(401, "missing or wrong API token (Authorization: Bearer <API_TOKEN>)",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    if not given or not hmac.compare_digest(given, token.get_secret_value().encode()):
+        raise unauthorized("API_TOKEN", given)
 
 
 TokenDep = Depends(require_token)

@@ -12,14 +12,15 @@ from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.api.deps import RuntimeDep, SessionDep, TokenDep
+from service.api.fleet_answers import fresh_or_cached, respond
 from service.api.params import NO_NUL, DeviceId, From, Limit, Offset, Time, To
 from service.api.schemas import (
     Aggregate,
     AlertPublic,
     ConnectivityChange,
     DeviceDetail,
+    DevicePage,
     DevicePublic,
-    Page,
     Problem,
     RelayChange,
     RelayPublic,
@@ -27,6 +28,8 @@ from service.api.schemas import (
     TelemetryBuckets,
     TelemetryPublic,
 )
+from service.fleet_cache import FleetCache
+from service.runtime import Runtime
 from service.storage import queries, watch_queries
 from service.watch.alerts import UNKNOWN_DEVICE, resolve_alerts
 from service.watch.sweep import raw_connection
@@ -79,8 +82,12 @@ async def _existing(session: AsyncSession, device_id: str) -> dict[str, Any]:
     return row
 
 
-@router.get("", response_model=Page[DevicePublic])
+_CACHED = "from the fleet cache while the database does not answer (docs/security.md)"
+
+
+@router.get("", response_model=DevicePage, responses={200: {"description": f"fresh, or {_CACHED}"}})
 async def list_devices(
+    runtime: RuntimeDep,
     session: SessionDep,
     online: Annotated[
         bool | None,
@@ -103,24 +110,55 @@ async def list_devices(
     offset: Offset = 0,
 ) -> Any:
     """Devices, one page at a time: `total` counts every match, `offset` + `limit` pick the page."""
-    rows, total = await queries.device_page(
-        session, online=online, seen_since=seen_since, q=q, sort=sort, limit=limit, offset=offset, known=known
-    )
-    return Page[DevicePublic](items=[DevicePublic(**r) for r in rows], total=total, limit=limit, offset=offset)
+    filters: dict[str, Any] = {"online": online, "seen_since": seen_since, "q": q, "sort": sort, "limit": limit,
+                               "offset": offset, "known": known}  # fmt: skip
+
+    async def fresh() -> tuple[list[dict[str, Any]], int]:
+        return await queries.device_page(session, **filters)
+
+    (rows, total), answer = await fresh_or_cached(runtime, fresh, lambda: _fleet(runtime).device_page(**filters))
+    page = DevicePage(items=[DevicePublic(**r) for r in rows], total=total, limit=limit, offset=offset)
+    return respond(page.model_dump(mode="json", exclude={"stale", "as_of", "broker_connected"}), answer)
 
 
-@router.get("/{device_id}", response_model=DeviceDetail, responses=_UNKNOWN)
-async def get_device(session: SessionDep, device_id: DeviceId) -> Any:
+def _fleet(runtime: Runtime) -> FleetCache:
+    assert runtime.fleet is not None  # fresh_or_cached asks the cache only when there is one
+    return runtime.fleet
+
+
+Detail = tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]
+
+
+@router.get("/{device_id}", response_model=DeviceDetail, responses={**_UNKNOWN, 200: {"description": _CACHED}})
+async def get_device(runtime: RuntimeDep, session: SessionDep, device_id: DeviceId) -> Any:
     """Current state: online, last seen, IP, firmware, uptime, the newest telemetry row, every relay,
-    its open alerts."""
-    row = await _existing(session, device_id)
-    latest = await queries.latest_telemetry(session, device_id)
-    return DeviceDetail(
+    its open alerts (not while answering from the cache)."""
+
+    async def fresh() -> Detail:
+        row = await queries.device(session, device_id)
+        if row is None:
+            return None, None, [], []
+        return (
+            row,
+            await queries.latest_telemetry(session, device_id),
+            await queries.relays(session, device_id),
+            await watch_queries.open_alerts_of(session, device_id),
+        )
+
+    def cached() -> Detail:
+        fleet = _fleet(runtime)
+        return fleet.device(device_id), fleet.latest_telemetry(device_id), fleet.relays(device_id), []
+
+    (row, latest, relays, alerts), answer = await fresh_or_cached(runtime, fresh, cached)
+    if row is None:
+        raise HTTPException(404, f"unknown device {device_id!r}")
+    detail = DeviceDetail(
         **row,
         latest_telemetry=TelemetryPublic(**latest) if latest else None,
-        relays=[RelayPublic(**r) for r in await queries.relays(session, device_id)],
-        open_alerts=[AlertPublic(**a) for a in await watch_queries.open_alerts_of(session, device_id)],
+        relays=[RelayPublic(**r) for r in relays],
+        open_alerts=[AlertPublic(**a) for a in alerts],
     )
+    return respond(detail.model_dump(mode="json", exclude={"stale", "as_of", "broker_connected"}), answer)
 
 
 @router.post(
@@ -177,11 +215,26 @@ async def get_telemetry(
     return TelemetryBuckets(bucket=bucket, items=items)
 
 
-@router.get("/{device_id}/relays", response_model=list[RelayPublic], responses=_UNKNOWN)
-async def get_relays(session: SessionDep, device_id: DeviceId) -> Any:
-    """Each relay's current state (the newest change by the device's clock)."""
-    await _existing(session, device_id)
-    return [RelayPublic(**r) for r in await queries.relays(session, device_id)]
+@router.get(
+    "/{device_id}/relays", response_model=list[RelayPublic], responses={**_UNKNOWN, 200: {"description": _CACHED}}
+)
+async def get_relays(runtime: RuntimeDep, session: SessionDep, device_id: DeviceId) -> Any:
+    """Each relay's current state (the newest change by the device's clock). From the cache, the answer
+    carries a `Warning: 110` header (a list has no room for `stale`)."""
+
+    async def fresh() -> tuple[bool, list[dict[str, Any]]]:
+        if await queries.device(session, device_id) is None:
+            return False, []
+        return True, await queries.relays(session, device_id)
+
+    def cached() -> tuple[bool, list[dict[str, Any]]]:
+        fleet = _fleet(runtime)
+        return fleet.device(device_id) is not None, fleet.relays(device_id)
+
+    (known, relays), answer = await fresh_or_cached(runtime, fresh, cached)
+    if not known:
+        raise HTTPException(404, f"unknown device {device_id!r}")
+    return respond([RelayPublic(**r).model_dump(mode="json") for r in relays], answer, annotate_body=False)
 
 
 @router.get(

@@ -56,7 +56,9 @@ def _problems(rt: Runtime) -> list[str]:
     conn = rt.connection
     if conn is not None:
         if not conn.connected:
-            problems.append("not connected to the MQTT broker")
+            # With the cause (TLS, credentials, MQTT 5...): a bare "not connected" helps nobody.
+            why = f": {conn.last_error}" if conn.last_error else ""
+            problems.append(f"not connected to the MQTT broker{why}")
         elif not conn.all_subscribed:
             refused = [f for f, q in conn.subscriptions.items() if q is None]
             problems.append(f"subscriptions not granted: {', '.join(refused)}")

@@ -40,6 +40,20 @@ class DevicePublic(BaseModel):
     )
 
 
+class Freshness(BaseModel):
+    """Present only when they say something (service/api/fleet_answers.py)."""
+
+    stale: bool | None = Field(None, description="true: the database did not answer; this is the fleet cache")
+    as_of: datetime | None = Field(None, description="with stale: the time of the newest commit the cache holds")
+    broker_connected: bool | None = Field(
+        None, description="false: the MQTT broker is not connected, devices may have sent more than this"
+    )
+
+
+class DevicePage(Page[DevicePublic], Freshness):
+    pass
+
+
 class TelemetryPublic(BaseModel):
     ts: datetime = Field(description="the reading's timestamp (device clock)")
     temperature: float | None
@@ -73,7 +87,7 @@ class AlertPublic(BaseModel):
     acknowledged_by: str | None
 
 
-class DeviceDetail(DevicePublic):
+class DeviceDetail(DevicePublic, Freshness):
     latest_telemetry: TelemetryPublic | None
     relays: list[RelayPublic]
     open_alerts: list[AlertPublic] = Field(default_factory=list)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,13 +30,14 @@ from typing import Any
 
 from gmqtt import Client, Message, Subscription
 from gmqtt.mqtt.connection import MQTTConnection
-from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
 from gmqtt.mqtt.package import Package
 from gmqtt.mqtt.protocol import MQTTProtocol
 
 from service import metrics
 from service.config import Settings
+from service.mqtt import failures, probe, tls
 from service.mqtt.backoff import full_jitter
 from service.mqtt.message import InboundMessage
 
@@ -74,15 +76,28 @@ class Link:
         return len(packets)
 
 
+class MalformedPacket(ValueError):
+    """A packet MQTT 5 calls malformed: the connection is closed (MQTT-4.13), never a guess at its content."""
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
+    """A variable byte integer of at most 4 bytes at `pos`; (value, position after it)."""
+    value, shift, end = 0, 0, len(data)
     while True:
+        if pos >= end:
+            raise MalformedPacket("variable byte integer runs past the end of the packet")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
             return value, pos
         shift += 7
+        if shift > 21:
+            raise MalformedPacket("variable byte integer longer than 4 bytes")
+
+
+# Packets a broker never sends to a client: receiving one means the stream is not MQTT we can trust.
+_NEVER_FROM_BROKER = frozenset({0x00, 0x10, 0x80, 0xA0, 0xC0})
 
 
 class PublishError(Exception):
@@ -122,28 +137,57 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
         if package.cmd & 0xF0 == 0x30:
             try:
                 self._handle_publish_packet(package.cmd, package.data)
-            except Exception:
-                log.exception("malformed PUBLISH packet dropped (it stays unacknowledged)")
+            except MalformedPacket as exc:
+                log.error("malformed PUBLISH from the broker (%s): closing the connection", exc)
+                self._connection._transport.abort()
             return
         super().__call__(package)
 
+    def _handle_connack_packet(self, cmd: int, packet: bytes) -> None:
+        # "Unacceptable protocol version" to our MQTT 5 CONNECT: gmqtt would quietly downgrade to
+        # 3.1.1, where acknowledgements are sent on receipt (messages lost on a crash). Refuse instead.
+        if len(packet) >= 2 and packet[1] == 1 and self._connection_state.protocol_version == MQTTv50:
+            self._connection_state.protocol_version = MQTTv311  # what the broker speaks, for the record
+            self._error = failures.BrokerTooOld()
+            self._connack_received.set()
+            return
+        super()._handle_connack_packet(cmd, packet)
+
     def _handle_publish_packet(self, cmd: int, raw: bytes) -> None:
+        """Parse one PUBLISH (MQTT 5) and hand it on; MalformedPacket if it is not one."""
         qos = (cmd & 0x06) >> 1
+        size = len(raw)
+        if qos == 3:
+            raise MalformedPacket("QoS 3")
+        if size < 2:
+            raise MalformedPacket("no room for the topic length")
         (topic_len,) = _unpack_u16(raw, 0)
         pos = 2 + topic_len
-        topic = raw[2:pos].decode("utf-8", "replace")
+        if pos > size:
+            raise MalformedPacket(f"topic length {topic_len} runs past the end of the packet ({size} bytes)")
+        try:
+            topic = raw[2:pos].decode()
+        except UnicodeDecodeError:
+            raise MalformedPacket("topic is not valid UTF-8") from None
+        # No topic aliases are allowed (no Topic Alias Maximum in CONNECT), so an empty topic is an error.
+        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+            raise MalformedPacket(f"not a topic name: {topic!r}")
         mid = None
         if qos:
+            if pos + 2 > size:
+                raise MalformedPacket("no room for the packet identifier")
             (mid,) = _unpack_u16(raw, pos)
+            if not mid:
+                raise MalformedPacket("packet identifier 0")
             pos += 2
-        # MQTT 5 properties. We never allow topic aliases (no Topic Alias Maximum in CONNECT),
-        # so nothing in them changes how the message is routed.
+        elif cmd & 0x08:
+            raise MalformedPacket("DUP set on a QoS 0 message")
+        # MQTT 5 properties: nothing in them changes how the message is routed.
         props_len, pos = _varint(raw, pos)
-        self.sink(
-            InboundMessage(
-                topic, raw[pos + props_len :], qos, bool(cmd & 1), time.time(), mid, self.link, bool(cmd & 8)
-            )
-        )
+        pos += props_len
+        if pos > size:
+            raise MalformedPacket(f"properties ({props_len} bytes) run past the end of the packet")
+        self.sink(InboundMessage(topic, raw[pos:], qos, bool(cmd & 1), time.time(), mid, self.link, bool(cmd & 8)))
 
 
 class _Client(Client):  # type: ignore[misc]
@@ -155,6 +199,19 @@ class _Client(Client):  # type: ignore[misc]
         # gmqtt calls this when the connection drops or a CONNACK refuses us; the transport's
         # own loop reconnects with backoff instead.
         self._on_lost()
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        # Our connection and protocol classes from the start, so a loss before CONNACK (a TLS
+        # alert, a broker closing on us) is recorded with its cause.
+        connection = await super()._create_connection(*args, **kwargs)
+        connection.__class__ = _Connection
+        connection._protocol.__class__ = _Protocol
+        return connection
+
+    @property
+    def lost_because(self) -> BaseException | None:
+        conn = self._connection
+        return getattr(conn._protocol, "lost_because", None) if conn is not None else None
 
 
 class _Connection(MQTTConnection):  # type: ignore[misc]
@@ -173,6 +230,12 @@ class _Protocol(MQTTProtocol):  # type: ignore[misc]
     """gmqtt's protocol with a leaner packet loop: a PUBLISH goes straight to the handler's parser
     (no Package tuple, no per-packet dispatch or clock read); other packets take gmqtt's path."""
 
+    lost_because: BaseException | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost_because = exc
+        super().connection_lost(exc)
+
     def _read_packet(self, data: bytes) -> int:
         conn = self._connection
         handler = conn._handler
@@ -181,32 +244,40 @@ class _Protocol(MQTTProtocol):  # type: ignore[misc]
         publish = handler._handle_publish_packet
         size = len(data)
         pos = 0
-        while size - pos >= 2:
-            cmd = data[pos]
-            length, shift, i = 0, 0, pos + 1
-            while True:  # remaining length: a variable byte integer of at most 4 bytes
-                if i >= size:
-                    length = -1
+        try:
+            while size - pos >= 2:
+                cmd = data[pos]
+                length, shift, i = 0, 0, pos + 1
+                while True:  # remaining length: a variable byte integer of at most 4 bytes
+                    if i >= size:
+                        length = -1
+                        break
+                    byte = data[i]
+                    i += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise MalformedPacket("remaining length longer than 4 bytes")
+                end = i + length
+                if length < 0 or end > size:
                     break
-                byte = data[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    return -1  # malformed: gmqtt resets the connection
-            end = i + length
-            if length < 0 or end > size:
-                break
-            if cmd & 0xF0 == 0x30:
-                try:
+                if cmd & 0xF0 == 0x30:
                     publish(cmd, data[i:end])
-                except Exception:
-                    log.exception("malformed PUBLISH packet dropped (it stays unacknowledged)")
-            else:
-                conn.put_package(Package(cmd, data[i:end]))
-            pos = end
+                elif cmd & 0xF0 in _NEVER_FROM_BROKER:
+                    raise MalformedPacket(f"packet type 0x{cmd & 0xF0:02x} never comes from a broker")
+                else:
+                    conn.put_package(Package(cmd, data[i:end]))
+                pos = end
+        except MalformedPacket as exc:
+            # MQTT-4.13.1: close the connection. Nothing unacknowledged is lost: the broker sends
+            # this packet and every one after it again on the next connection, and the messages
+            # delivered before it again too (their acknowledgements die with this link), which the
+            # idempotent writes store once.
+            log.error("malformed packet from the broker (%s): closing the connection", exc)
+            self._transport.abort()
+            return -1
         if pos:
             conn._last_data_in = time.monotonic()
         return pos
@@ -250,6 +321,8 @@ class MqttTransport:
         self._task: asyncio.Task[None] | None = None
         self._links = 0
         self._on_state_change = on_state_change
+        # Built here, at start-up: a bad MQTT_TLS_* file stops the service before it serves.
+        self._ssl = tls.client_context(settings)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -342,12 +415,13 @@ class MqttTransport:
         while not self._stopping.is_set():
             try:
                 client = await self._connect()
-            except (OSError, TimeoutError, MQTTConnectError) as exc:
+            except (OSError, TimeoutError, MQTTConnectError, failures.BrokerTooOld) as exc:
+                exc = await self._diagnose(exc)
                 delay = full_jitter(attempt, s.mqtt_monitor_reconnect_delay, s.mqtt_reconnect_max_delay)
                 attempt += 1
                 self.state.failed_attempts = attempt
                 metrics.ERRORS.labels("mqtt_connect").inc()
-                self.state.last_error = f"{exc.__class__.__name__}: {str(exc) or 'no answer in time'}"
+                self.state.last_error = failures.describe(exc, s)
                 self.state.next_attempt_in = delay
                 level = logging.WARNING if attempt <= 3 or attempt % 10 == 0 else logging.INFO
                 log.log(
@@ -404,13 +478,11 @@ class MqttTransport:
 
         client.on_subscribe = on_subscribe
         self._client = client
+        if s.mqtt_tls and s.mqtt_tls_insecure:
+            log.warning("MQTT_TLS_INSECURE=true: the broker's certificate is not verified (anyone on the path "
+                        "can impersonate it and read the fleet's messages)")  # fmt: skip
         try:
-            await asyncio.wait_for(
-                client.connect(s.mqtt_broker_host, s.mqtt_broker_port, keepalive=s.mqtt_keepalive, version=MQTTv50),
-                timeout=s.mqtt_connect_timeout,
-            )
-            client._connection.__class__ = _Connection
-            client._connection._protocol.__class__ = _Protocol
+            await self._until_connack(client)
             # Resubscribe on every connect, whatever session-present says: the broker may have
             # dropped the session (expiry, restart without persistence).
             # No Local: what we publish ourselves (alerts) is not sent back to us. It is a protocol
@@ -437,6 +509,42 @@ class MqttTransport:
         )
         self._on_state_change(self.state)
         return client
+
+    async def _diagnose(self, exc: BaseException) -> BaseException:
+        """A CONNECT left unanswered may be a broker that speaks only MQTT 3.1.1 (service/mqtt/probe.py)."""
+        # Only when a connection was made: an unreachable host is not worth a second wait.
+        if isinstance(exc, failures.NoConnack | failures.ClosedBeforeConnack) and not isinstance(
+            exc.__cause__, ssl.SSLError
+        ):
+            s = self._settings
+            if await probe.speaks_only_311(s.mqtt_broker_host, s.mqtt_broker_port, self._ssl, s.mqtt_connect_timeout):
+                return failures.BrokerTooOld()
+        return exc
+
+    async def _until_connack(self, client: _Client) -> None:
+        """CONNECT and wait for CONNACK, or for the connection to close first (a TLS alert, a broker
+        that hangs up on us), or for MQTT_CONNECT_TIMEOUT: whichever comes first, with its cause."""
+        s = self._settings
+        connect = asyncio.ensure_future(
+            client.connect(s.mqtt_broker_host, s.mqtt_broker_port, ssl=self._ssl or False,
+                           keepalive=s.mqtt_keepalive, version=MQTTv50)
+        )  # fmt: skip
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({connect, lost}, timeout=s.mqtt_connect_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            lost.cancel()
+            if not connect.done():
+                connect.cancel()
+                with contextlib.suppress(BaseException):
+                    await connect
+        if connect in done:
+            connect.result()
+            return
+        if lost in done:
+            raise failures.ClosedBeforeConnack() from client.lost_because
+        raise failures.NoConnack() if client._connection is not None else TimeoutError()
 
     def _record_subacks(self, codes: tuple[int, ...]) -> None:
         granted: dict[str, int | None] = {}

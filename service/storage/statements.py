@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from service.records import (
@@ -21,6 +21,7 @@ from service.records import (
     SystemRecord,
     TelemetryRecord,
 )
+from service.storage.pgtime import to_timestamp
 
 INSERT_TELEMETRY = """
 INSERT INTO telemetry (device_id, ts, temperature, humidity, voltage, memory_free, extra, received_at)
@@ -91,7 +92,8 @@ class Grouped:
     seen: dict[str, float] = field(default_factory=dict)
 
 
-_from_epoch = datetime.fromtimestamp
+# Not datetime.fromtimestamp: COPY must store the instant to_timestamp() stores for the same message.
+_from_epoch = to_timestamp
 
 _BUCKET = {
     TelemetryRecord: "telemetry",
@@ -125,12 +127,12 @@ def columns(records: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def telemetry_rows(records: Sequence[TelemetryRecord]) -> list[tuple[Any, ...]]:
     """TELEMETRY_COLUMNS for COPY: received_at as a datetime (COPY has no to_timestamp())."""
-    return [(*r[:7], _from_epoch(r[7], UTC)) for r in records]
+    return [(*r[:7], _from_epoch(r[7])) for r in records]
 
 
 def relay_history_rows(records: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
     """RELAY_HISTORY_COLUMNS for COPY."""
-    return [(*r[:5], _from_epoch(r[5], UTC)) for r in records]
+    return [(*r[:5], _from_epoch(r[5])) for r in records]
 
 
 def newest_relays(relays: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:

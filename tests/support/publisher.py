@@ -79,6 +79,12 @@ class StreamPublisher:
         with self._lock:
             return len(self._acked)
 
+    def ack_times(self) -> dict[int, float]:
+        """Message index -> when the broker acknowledged it (monotonic)."""
+        with self._lock:
+            index = {mid: i for i, mid in enumerate(self._mids)}
+            return {index[mid]: t for mid, t in self._acked.items() if mid in index}
+
     def acknowledged_before(self, moment: float) -> int:
         with self._lock:
             return sum(1 for t in self._acked.values() if t <= moment)

@@ -1,0 +1,428 @@
+"""The fleet's current state in memory, from what this process committed: answers while the database is away.
+
+* Filled from the database at start (`load()`), then fed by the writer's after-commit hook
+  (`BatchWriter.observe`): each committed batch is applied with the rules of the statements that
+  wrote it (service/storage/statements.py), so after a commit the cache holds what the database
+  holds: a device's last_seen moves on as TOUCH_DEVICES moves it (at most once per
+  DEVICE_LAST_SEEN_RESOLUTION, the writer's own coalescing mirrored here), a status applies only
+  if newer than the stored one (UPSERT_STATUS), fields a status leaves out keep their value, a
+  relay takes only a newer change, the latest telemetry row is the one with the newest timestamp
+  (the first stored of equal ones). Times are the microseconds `to_timestamp()` stores.
+* Bounded: at most FLEET_CACHE_MAX_DEVICES devices, each with its device row, its newest
+  telemetry row and at most `MAX_RELAYS` relays (about 1 KB a device with 8 relays). A fleet
+  beyond the bound makes the list unanswerable from the cache (503, not a partial list); a device
+  beyond the relay bound likewise for its own answers.
+* What it does not see: commits of other replicas (shared subscriptions), and dead-letter replays
+  (they commit in a request's transaction: `refresh()` reloads their devices afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.records import DeadLetterRecord, RelayRecord, StatusRecord, TelemetryRecord
+from service.storage import statements as sql
+from service.storage.pgtime import from_micros, micros_of, pg_micros
+from service.storage.writer import Pending
+
+log = logging.getLogger(__name__)
+
+MAX_RELAYS = 64
+# The writer forgets what last_seen it wrote past this many devices (writer._MAX_LAST_SEEN_CACHE);
+# the mirror of its coalescing must forget at the same moment.
+_WRITER_LAST_SEEN_LIMIT = 200_000
+_BACKLOG_LIMIT = 10_000  # batches kept while loading; beyond, the load starts over
+_LOAD_RETRY = 5.0
+
+_LOAD_DEVICES = (
+    "SELECT device_id, is_online, first_seen, last_seen, status_ts, host(ip_address) AS ip_address, "
+    "firmware_version, uptime FROM devices ORDER BY device_id LIMIT :n"
+)
+_LOAD_RELAYS = "SELECT device_id, relay_index, state, triggered_by, ts FROM relays"
+# One index probe per device (the primary key is (device_id, ts)), not a scan of the table.
+_LOAD_TELEMETRY = (
+    "SELECT d.device_id, t.ts, t.temperature, t.humidity, t.voltage, t.memory_free, t.extra, t.received_at "
+    "FROM devices d CROSS JOIN LATERAL (SELECT * FROM telemetry WHERE device_id = d.device_id "
+    "ORDER BY ts DESC LIMIT 1) t"
+)
+
+
+class NotCached(Exception):
+    """The cache cannot answer this truthfully (not filled yet, over its bound)."""
+
+
+class _Device:
+    __slots__ = (
+        "device_id",
+        "firmware_version",
+        "first_seen",
+        "ip_address",
+        "is_online",
+        "last_seen",
+        "overflow",
+        "relays",
+        "status_ts",
+        "telemetry",
+        "uptime",
+    )  # fmt: skip
+
+    def __init__(self, device_id: str, first_seen: int, last_seen: int) -> None:
+        self.device_id = device_id
+        self.first_seen = first_seen  # microseconds since 2000-01-01 UTC, as stored
+        self.last_seen = last_seen
+        self.is_online: bool | None = None
+        self.status_ts: datetime | None = None
+        self.ip_address: str | None = None
+        self.firmware_version: str | None = None
+        self.uptime: int | None = None
+        # The newest row: a TelemetryRecord as committed (received_at epoch seconds, extra JSON text),
+        # or the same fields as loaded (received_at a datetime, extra a dict).
+        self.telemetry: tuple[Any, ...] | None = None
+        self.relays: dict[int, tuple[bool, str | None, datetime]] = {}
+        self.overflow = False  # more relays than MAX_RELAYS: its answers are not ours to give
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "is_online": self.is_online,
+            "first_seen": from_micros(self.first_seen),
+            "last_seen": from_micros(self.last_seen),
+            "status_ts": self.status_ts,
+            "ip_address": self.ip_address,
+            "firmware_version": self.firmware_version,
+            "uptime": self.uptime,
+        }
+
+
+class FleetCache:
+    def __init__(self, *, max_devices: int, last_seen_resolution: float) -> None:
+        self.max_devices = max_devices
+        self._resolution = last_seen_resolution
+        self._devices: dict[str, _Device] = {}
+        self._complete = True  # every device of the database is here
+        self.loaded = False
+        self.as_of: float | None = None  # epoch seconds of the newest commit applied (or of the load)
+        # The writer's last_seen memory, mirrored: which devices it will touch in the next batch.
+        self._written: dict[str, float] = {}
+        self._backlog: list[tuple[sql.Grouped, list[tuple[str, float]]]] | None = []
+        self._restart_load = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- filling -----------------------------------------------------------------------------
+
+    async def load(self, engine: AsyncEngine) -> None:
+        """Fill from the database (once, at start; batches committed meanwhile are applied after)."""
+        while True:
+            self._restart_load = False
+            devices = await self._read(engine)
+            if self._restart_load:
+                continue
+            self._devices = devices
+            backlog, self._backlog = self._backlog or [], None
+            for g, touches in backlog:
+                self._apply(g, touches)  # idempotent: what the snapshot holds already stays as it is
+            self.loaded = True
+            if self.as_of is None:
+                self.as_of = time.time()
+            log.info("fleet cache filled: %d devices%s", len(devices), "" if self._complete else " (over its bound)")
+            return
+
+    def start_loading(self, engine: AsyncEngine) -> None:
+        """Load in the background, retrying while the database does not answer."""
+
+        async def keep_trying() -> None:
+            while True:
+                try:
+                    await self.load(engine)
+                    return
+                except Exception as exc:
+                    log.warning("fleet cache not filled yet (%s: %s); retrying in %.0fs",
+                                exc.__class__.__name__, exc, _LOAD_RETRY)  # fmt: skip
+                    await asyncio.sleep(_LOAD_RETRY)
+
+        self._task = asyncio.create_task(keep_trying(), name="fleet-cache-load")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _read(self, engine: AsyncEngine) -> dict[str, _Device]:
+        devices: dict[str, _Device] = {}
+        async with asyncio.timeout(120), engine.connect() as conn:
+            # One snapshot for the three reads.
+            await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            rows = (await conn.execute(text(_LOAD_DEVICES), {"n": self.max_devices + 1})).mappings().all()
+            self._complete = len(rows) <= self.max_devices
+            for r in rows[: self.max_devices]:
+                d = _Device(r["device_id"], micros_of(r["first_seen"]), micros_of(r["last_seen"]))
+                d.is_online, d.status_ts, d.ip_address = r["is_online"], r["status_ts"], r["ip_address"]
+                d.firmware_version, d.uptime = r["firmware_version"], r["uptime"]
+                devices[d.device_id] = d
+            for r in (await conn.execute(text(_LOAD_RELAYS))).mappings():
+                dev = devices.get(r["device_id"])
+                if dev is not None:
+                    _set_relay(dev, r["relay_index"], (r["state"], r["triggered_by"], r["ts"]))
+            for r in (await conn.execute(text(_LOAD_TELEMETRY))).mappings():
+                dev = devices.get(r["device_id"])
+                if dev is not None:
+                    dev.telemetry = _loaded_telemetry(r)
+            await conn.rollback()
+        return devices
+
+    async def refresh(self, engine: AsyncEngine, device_ids: Iterable[str]) -> None:
+        """Reload these devices (after a commit the writer did not make: a dead-letter replay)."""
+        ids = sorted(set(device_ids))
+        if not ids or not self.loaded:
+            return
+        async with asyncio.timeout(10), engine.connect() as conn:
+            where = " WHERE device_id = ANY(:ids)"
+            rows = (await conn.execute(text(_LOAD_DEVICES.replace(" ORDER BY", where + " ORDER BY")),
+                                       {"n": len(ids), "ids": ids})).mappings().all()  # fmt: skip
+            relays = (await conn.execute(text(_LOAD_RELAYS + where), {"ids": ids})).mappings().all()
+            latest = (await conn.execute(text(_LOAD_TELEMETRY + " WHERE d.device_id = ANY(:ids)"),
+                                         {"ids": ids})).mappings().all()  # fmt: skip
+        for r in rows:
+            d = self._devices.get(r["device_id"])
+            if d is None:
+                if len(self._devices) >= self.max_devices:
+                    self._complete = False
+                    continue
+                d = self._devices[r["device_id"]] = _Device(r["device_id"], 0, 0)
+            d.first_seen, d.last_seen = micros_of(r["first_seen"]), micros_of(r["last_seen"])
+            d.is_online, d.status_ts, d.ip_address = r["is_online"], r["status_ts"], r["ip_address"]
+            d.firmware_version, d.uptime = r["firmware_version"], r["uptime"]
+            d.relays, d.overflow = {}, False
+        for r in relays:
+            d = self._devices.get(r["device_id"])
+            if d is not None:
+                _set_relay(d, r["relay_index"], (r["state"], r["triggered_by"], r["ts"]))
+        for r in latest:
+            d = self._devices.get(r["device_id"])
+            if d is not None:
+                d.telemetry = _loaded_telemetry(r)
+
+    # -- the after-commit hook -----------------------------------------------------------------
+
+    def observe(self, batch: list[Pending]) -> None:
+        """`BatchWriter.observe` hook: apply a committed batch (a few dictionary updates per message)."""
+        g = _group(batch)
+        touches = self._mirror_touches(g)
+        self.as_of = time.time()
+        backlog = self._backlog
+        if backlog is not None:  # still loading
+            if len(backlog) >= _BACKLOG_LIMIT:
+                backlog.clear()
+                self._restart_load = True
+            backlog.append((g, touches))
+            return
+        self._apply(g, touches)
+
+    def _mirror_touches(self, g: sql.Grouped) -> list[tuple[str, float]]:
+        """BatchWriter._touches and its bookkeeping, step for step."""
+        status = {s.device_id for s in g.status}
+        written = self._written
+        out = []
+        for device, seen in g.seen.items():
+            if device in status:
+                continue
+            before = written.get(device)
+            if before is None or seen - before >= self._resolution:
+                out.append((device, seen))
+        for device, seen in out:
+            written[device] = seen
+        if len(written) > _WRITER_LAST_SEEN_LIMIT:
+            written.clear()
+        return out
+
+    def _device(self, device_id: str, seen: int) -> _Device | None:
+        d = self._devices.get(device_id)
+        if d is None:
+            if len(self._devices) >= self.max_devices:
+                self._complete = False
+                return None
+            d = self._devices[device_id] = _Device(device_id, seen, seen)
+        return d
+
+    def _apply(self, g: sql.Grouped, touches: Sequence[tuple[str, float]]) -> None:
+        devices = self._devices
+        for device_id, seen in touches:  # TOUCH_DEVICES
+            us = pg_micros(seen)
+            d = devices.get(device_id)
+            if d is None:
+                self._device(device_id, us)
+            elif d.last_seen < us:
+                d.last_seen = us
+        if g.status:  # LOCK_STATUS + UPSERT_STATUS: only newer statuses, missing fields kept
+            current = {}
+            for rec in g.status:
+                d = devices.get(rec.device_id)
+                if d is not None:
+                    current[rec.device_id] = (d.is_online, d.status_ts)
+            newest, _events = sql.connectivity_changes(g.status, current)
+            for rec in newest:
+                us = pg_micros(g.seen[rec.device_id])
+                d = self._device(rec.device_id, us)
+                if d is None:
+                    continue
+                d.is_online, d.status_ts = rec.is_online, rec.ts
+                if rec.ip_address is not None:
+                    d.ip_address = pg_inet(rec.ip_address)
+                if rec.firmware_version is not None:
+                    d.firmware_version = rec.firmware_version
+                if rec.uptime is not None:
+                    d.uptime = rec.uptime
+                if d.last_seen < us:
+                    d.last_seen = us
+        for t in g.telemetry:  # newest timestamp wins; of equal ones, the first stored stays
+            d = devices.get(t.device_id)
+            if d is not None and (d.telemetry is None or t.ts > d.telemetry[1]):
+                d.telemetry = t
+        if g.relays:  # UPSERT_RELAYS: a newer change only
+            for device_id, index, ts, state, triggered_by in sql.newest_relays(g.relays):
+                d = devices.get(device_id)
+                if d is not None:
+                    have = d.relays.get(index)
+                    if have is None or have[2] < ts:
+                        _set_relay(d, index, (state, triggered_by, ts))
+
+    # -- answers (the shapes of service/storage/queries.py) -------------------------------------
+
+    def _ready(self) -> None:
+        if not self.loaded:
+            raise NotCached("the fleet cache is not filled yet (the database has not answered since start)")
+
+    def device_page(
+        self,
+        *,
+        online: bool | None,
+        seen_since: datetime | None,
+        q: str | None,
+        sort: str,
+        limit: int,
+        offset: int,
+        known: bool | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        self._ready()
+        if known is not None:
+            raise NotCached("the cache does not hold the review state (known=)")
+        if not self._complete:
+            raise NotCached(f"the fleet is larger than the cache (FLEET_CACHE_MAX_DEVICES={self.max_devices})")
+        found: Iterable[_Device] = self._devices.values()
+        if online is not None:
+            found = [d for d in found if d.is_online is online]
+        if seen_since is not None:
+            since = micros_of(seen_since)
+            found = [d for d in found if d.last_seen >= since]
+        if q:
+            needle = q.lower()
+            found = [d for d in found if needle in d.device_id.lower()]
+        # device_id compares byte-wise (collation "C"): code point order is UTF-8 byte order.
+        if sort == "device_id":
+            ordered = sorted(found, key=lambda d: d.device_id)
+        elif sort == "last_seen":
+            ordered = sorted(found, key=lambda d: (d.last_seen, d.device_id))
+        else:
+            ordered = sorted(found, key=lambda d: (-d.last_seen, d.device_id))
+        return [d.row() for d in ordered[offset : offset + limit]], len(ordered)
+
+    def _get(self, device_id: str) -> _Device | None:
+        self._ready()
+        d = self._devices.get(device_id)
+        if d is None and not self._complete:
+            raise NotCached(f"device {device_id!r} is not in the cache (FLEET_CACHE_MAX_DEVICES={self.max_devices})")
+        if d is not None and d.overflow:
+            raise NotCached(f"device {device_id!r} has more relays than the cache keeps ({MAX_RELAYS})")
+        return d
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        d = self._get(device_id)
+        return d.row() if d is not None else None
+
+    def latest_telemetry(self, device_id: str) -> dict[str, Any] | None:
+        d = self._get(device_id)
+        if d is None or d.telemetry is None:
+            return None
+        _device, ts, temperature, humidity, voltage, memory_free, extra, received_at = d.telemetry
+        if isinstance(received_at, float):
+            received_at = from_micros(pg_micros(received_at))
+        return {
+            "ts": ts,
+            "temperature": temperature,
+            "humidity": humidity,
+            "voltage": voltage,
+            "memory_free": memory_free,
+            "extra": json.loads(extra) if isinstance(extra, str) else extra,
+            "received_at": received_at,
+        }
+
+    def relays(self, device_id: str) -> list[dict[str, Any]]:
+        d = self._get(device_id)
+        if d is None:
+            return []
+        return [
+            {"relay_index": i, "state": s, "triggered_by": t, "ts": ts} for i, (s, t, ts) in sorted(d.relays.items())
+        ]
+
+    @property
+    def size(self) -> int:
+        return len(self._devices)
+
+
+def pg_inet(text: str) -> str:
+    """An address as PostgreSQL's host(inet) prints it (Python prints embedded IPv4 in hex)."""
+    if ":" not in text:
+        return text
+    address = ipaddress.IPv6Address(text)
+    words = address.packed
+    if words[:10] == bytes(10) and (
+        words[10:12] == b"\xff\xff" or (words[10:12] == b"\0\0" and words[12:14] != b"\0\0")
+    ):
+        v4 = ipaddress.IPv4Address(words[12:])
+        return f"::ffff:{v4}" if words[10:12] == b"\xff\xff" else f"::{v4}"
+    return address.compressed
+
+
+def _group(batch: list[Pending]) -> sql.Grouped:
+    """sql.group() for what the cache uses (statuses, telemetry, relays, who was seen when), in one pass."""
+    g = sql.Grouped()
+    seen, status, telemetry, relays = g.seen, g.status, g.telemetry, g.relays
+    for p in batch:
+        received_at = p.message.received_at
+        for rec in p.records:
+            if isinstance(rec, TelemetryRecord):
+                telemetry.append(rec)
+            elif isinstance(rec, DeadLetterRecord):
+                continue
+            elif isinstance(rec, StatusRecord):
+                status.append(rec)
+            elif isinstance(rec, RelayRecord):
+                relays.append(rec)
+            device = rec.device_id
+            if received_at > seen.get(device, 0.0):
+                seen[device] = received_at
+    return g
+
+
+def _loaded_telemetry(r: Any) -> tuple[Any, ...]:
+    return (r["device_id"], r["ts"], r["temperature"], r["humidity"], r["voltage"], r["memory_free"], r["extra"],
+            r["received_at"])  # fmt: skip
+
+
+def _set_relay(d: _Device, index: int, value: tuple[bool, str | None, datetime]) -> None:
+    if index not in d.relays and len(d.relays) >= MAX_RELAYS:
+        d.overflow = True
+        return
+    d.relays[index] = value
