@@ -1,13 +1,19 @@
 """The fleet's current state in memory, from what this process committed: answers while the database is away.
 
 * Filled from the database at start (`load()`), then fed by the writer's after-commit hook
-  (`BatchWriter.observe`): each committed batch is applied with the rules of the statements that
-  wrote it (service/storage/statements.py), so after a commit the cache holds what the database
-  holds: a device's last_seen moves on as TOUCH_DEVICES moves it (at most once per
-  DEVICE_LAST_SEEN_RESOLUTION, the writer's own coalescing mirrored here), a status applies only
-  if newer than the stored one (UPSERT_STATUS), fields a status leaves out keep their value, a
+  (`BatchWriter.observe`). What is cheap and certain is applied from the committed batch with the
+  rules of the statements that wrote it: a device's last_seen moves on as the writer's touch moves
+  it (at most once per DEVICE_LAST_SEEN_RESOLUTION, the writer's coalescing mirrored here), a
   relay takes only a newer change, the latest telemetry row is the one with the newest timestamp
   (the first stored of equal ones). Times are the microseconds `to_timestamp()` stores.
+* A device's liveness state (online, why, status fields, review state) is decided by the fleet
+  watch against the locked row (service/watch/liveness.py): wills, retained messages, revivals and
+  timeouts. The cache does not guess it: the devices whose state a commit may have changed (a
+  status in the batch, a device new to the cache or held offline and heard from, the sweep's
+  timeouts, an accept) are read again from the database right after the commit, by one task, in
+  commit order, one query per batch that has such devices. Rows read merge monotonically
+  (last_seen, telemetry and relays only move forward), so a read that raced a later commit never
+  moves the cache backwards.
 * Bounded: at most FLEET_CACHE_MAX_DEVICES devices, each with its device row, its newest
   telemetry row and at most `MAX_RELAYS` relays (about 1 KB a device with 8 relays). A fleet
   beyond the bound makes the list unanswerable from the cache (503, not a partial list); a device
@@ -20,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import time
@@ -47,7 +52,7 @@ _LOAD_RETRY = 5.0
 
 _LOAD_DEVICES = (
     "SELECT device_id, is_online, first_seen, last_seen, status_ts, host(ip_address) AS ip_address, "
-    "firmware_version, uptime FROM devices ORDER BY device_id LIMIT :n"
+    "firmware_version, uptime, known, connectivity_cause FROM devices ORDER BY device_id LIMIT :n"
 )
 _LOAD_RELAYS = "SELECT device_id, relay_index, state, triggered_by, ts FROM relays"
 # One index probe per device (the primary key is (device_id, ts)), not a scan of the table.
@@ -64,11 +69,13 @@ class NotCached(Exception):
 
 class _Device:
     __slots__ = (
+        "cause",
         "device_id",
         "firmware_version",
         "first_seen",
         "ip_address",
         "is_online",
+        "known",
         "last_seen",
         "overflow",
         "relays",
@@ -86,6 +93,8 @@ class _Device:
         self.ip_address: str | None = None
         self.firmware_version: str | None = None
         self.uptime: int | None = None
+        self.known: bool | None = True
+        self.cause: str | None = None  # why is_online last changed (connectivity_cause)
         # The newest row: a TelemetryRecord as committed (received_at epoch seconds, extra JSON text),
         # or the same fields as loaded (received_at a datetime, extra a dict).
         self.telemetry: tuple[Any, ...] | None = None
@@ -102,12 +111,18 @@ class _Device:
             "ip_address": self.ip_address,
             "firmware_version": self.firmware_version,
             "uptime": self.uptime,
+            "known": self.known,
+            "connectivity_cause": self.cause,
         }
 
 
 class FleetCache:
-    def __init__(self, *, max_devices: int, last_seen_resolution: float) -> None:
+    def __init__(self, *, max_devices: int, last_seen_resolution: float, engine: AsyncEngine | None = None) -> None:
         self.max_devices = max_devices
+        self._engine = engine  # None: nothing is read again (a cache fed by hand, in unit tests)
+        self._stale: set[str] = set()  # devices to read again from the database
+        self._refresher: asyncio.Task[None] | None = None
+        self._refresh_failing = False
         self._resolution = last_seen_resolution
         self._devices: dict[str, _Device] = {}
         self._complete = True  # every device of the database is here
@@ -154,6 +169,10 @@ class FleetCache:
         self._task = asyncio.create_task(keep_trying(), name="fleet-cache-load")
 
     async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -170,6 +189,7 @@ class FleetCache:
                 d = _Device(r["device_id"], micros_of(r["first_seen"]), micros_of(r["last_seen"]))
                 d.is_online, d.status_ts, d.ip_address = r["is_online"], r["status_ts"], r["ip_address"]
                 d.firmware_version, d.uptime = r["firmware_version"], r["uptime"]
+                d.known, d.cause = r["known"], r["connectivity_cause"]
                 devices[d.device_id] = d
             for r in (await conn.execute(text(_LOAD_RELAYS))).mappings():
                 dev = devices.get(r["device_id"])
@@ -201,18 +221,52 @@ class FleetCache:
                     self._complete = False
                     continue
                 d = self._devices[r["device_id"]] = _Device(r["device_id"], 0, 0)
-            d.first_seen, d.last_seen = micros_of(r["first_seen"]), micros_of(r["last_seen"])
+            # What only moves forward merges (a read that raced a later commit must not undo it);
+            # the liveness state is the database's.
+            d.first_seen, d.last_seen = micros_of(r["first_seen"]), max(d.last_seen, micros_of(r["last_seen"]))
             d.is_online, d.status_ts, d.ip_address = r["is_online"], r["status_ts"], r["ip_address"]
             d.firmware_version, d.uptime = r["firmware_version"], r["uptime"]
-            d.relays, d.overflow = {}, False
+            d.known, d.cause = r["known"], r["connectivity_cause"]
         for r in relays:
             d = self._devices.get(r["device_id"])
             if d is not None:
-                _set_relay(d, r["relay_index"], (r["state"], r["triggered_by"], r["ts"]))
+                have = d.relays.get(r["relay_index"])
+                if have is None or have[2] < r["ts"]:
+                    _set_relay(d, r["relay_index"], (r["state"], r["triggered_by"], r["ts"]))
         for r in latest:
             d = self._devices.get(r["device_id"])
-            if d is not None:
+            if d is not None and (d.telemetry is None or d.telemetry[1] < r["ts"]):
                 d.telemetry = _loaded_telemetry(r)
+
+    def read_again(self, device_ids: Iterable[str]) -> None:
+        """Read these devices from the database soon (their state changed outside the batch rules
+        mirrored here: a status, a revival, a timeout, an accept). One task, in order; non-blocking."""
+        if self._engine is None:
+            return
+        self._stale.update(device_ids)
+        if self._stale and (self._refresher is None or self._refresher.done()):
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(), name="fleet-cache-refresh")
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left to read again (what tests wait for before comparing with the database)."""
+        return not self._stale and (self._refresher is None or self._refresher.done())
+
+    async def _refresh_loop(self) -> None:
+        assert self._engine is not None
+        while self._stale:
+            ids, self._stale = self._stale, set()
+            try:
+                await self.refresh(self._engine, ids)
+            except Exception as exc:
+                # The database is away: the cache answers with what it has; try again shortly.
+                if not self._refresh_failing:
+                    log.warning("fleet cache: %d devices not read again yet (%s)", len(ids), exc.__class__.__name__)
+                self._refresh_failing = True
+                self._stale |= ids
+                await asyncio.sleep(_LOAD_RETRY)
+                continue
+            self._refresh_failing = False
 
     # -- the after-commit hook -----------------------------------------------------------------
 
@@ -258,34 +312,18 @@ class FleetCache:
 
     def _apply(self, g: sql.Grouped, touches: Sequence[tuple[str, float]]) -> None:
         devices = self._devices
-        for device_id, seen in touches:  # TOUCH_DEVICES
+        again: set[str] = {rec.device_id for rec in g.status}
+        for device_id, seen in touches:  # the writer's last_seen touch
             us = pg_micros(seen)
             d = devices.get(device_id)
             if d is None:
                 self._device(device_id, us)
-            elif d.last_seen < us:
-                d.last_seen = us
-        if g.status:  # LOCK_STATUS + UPSERT_STATUS: only newer statuses, missing fields kept
-            current = {}
-            for rec in g.status:
-                d = devices.get(rec.device_id)
-                if d is not None:
-                    current[rec.device_id] = (d.is_online, d.status_ts)
-            newest, _events = sql.connectivity_changes(g.status, current)
-            for rec in newest:
-                us = pg_micros(g.seen[rec.device_id])
-                d = self._device(rec.device_id, us)
-                if d is None:
-                    continue
-                d.is_online, d.status_ts = rec.is_online, rec.ts
-                if rec.ip_address is not None:
-                    d.ip_address = pg_inet(rec.ip_address)
-                if rec.firmware_version is not None:
-                    d.firmware_version = rec.firmware_version
-                if rec.uptime is not None:
-                    d.uptime = rec.uptime
+                again.add(device_id)  # new: registered as known or for review, maybe alerted
+            else:
                 if d.last_seen < us:
                     d.last_seen = us
+                if d.is_online is False:
+                    again.add(device_id)  # heard from while offline: the watch may have revived it
         for t in g.telemetry:  # newest timestamp wins; of equal ones, the first stored stays
             d = devices.get(t.device_id)
             if d is not None and (d.telemetry is None or t.ts > d.telemetry[1]):
@@ -297,6 +335,8 @@ class FleetCache:
                     have = d.relays.get(index)
                     if have is None or have[2] < ts:
                         _set_relay(d, index, (state, triggered_by, ts))
+        if again:
+            self.read_again(again)
 
     # -- answers (the shapes of service/storage/queries.py) -------------------------------------
 
@@ -379,20 +419,6 @@ class FleetCache:
     @property
     def size(self) -> int:
         return len(self._devices)
-
-
-def pg_inet(text: str) -> str:
-    """An address as PostgreSQL's host(inet) prints it (Python prints embedded IPv4 in hex)."""
-    if ":" not in text:
-        return text
-    address = ipaddress.IPv6Address(text)
-    words = address.packed
-    if words[:10] == bytes(10) and (
-        words[10:12] == b"\xff\xff" or (words[10:12] == b"\0\0" and words[12:14] != b"\0\0")
-    ):
-        v4 = ipaddress.IPv4Address(words[12:])
-        return f"::ffff:{v4}" if words[10:12] == b"\xff\xff" else f"::{v4}"
-    return address.compressed
 
 
 def _group(batch: list[Pending]) -> sql.Grouped:

@@ -106,6 +106,14 @@ class Runtime:
             max_delay=settings.notify_retry_max_delay_seconds,
             send_timeout=max(settings.alert_webhook_timeout_seconds, settings.mqtt_connect_timeout),
         )
+        fleet = None
+        if settings.fleet_cache_max_devices:
+            fleet = FleetCache(
+                max_devices=settings.fleet_cache_max_devices,
+                last_seen_resolution=settings.device_last_seen_resolution,
+                engine=engine,
+            )
+            writer.observe(fleet.observe)
         writer.observe(_WakeSender(outbox, sender))
         sweeper = Sweeper(
             engine,
@@ -115,14 +123,8 @@ class Runtime:
             connection=lambda: transport.state if transport is not None else None,
             writer_healthy=lambda: writer.healthy,
             on_notified=sender.wake,
+            on_changed=fleet.read_again if fleet is not None else lambda _ids: None,
         )
-        fleet = None
-        if settings.fleet_cache_max_devices:
-            fleet = FleetCache(
-                max_devices=settings.fleet_cache_max_devices,
-                last_seen_resolution=settings.device_last_seen_resolution,
-            )
-            writer.observe(fleet.observe)
         return cls(
             settings, engine, router, ingestor, transport, outbox=outbox, sender=sender, sweeper=sweeper, fleet=fleet
         )

@@ -48,17 +48,25 @@ async def test_silent_device_times_out_and_its_next_message_brings_it_back(
         await eventually(lambda: state(db, "T1"), timeout=5)
         await eventually(lambda: _is(state(db, "T1"), (False, "timeout")), timeout=5)
         assert await open_alerts(db, "T1") == ["offline"]
+        # The fleet cache follows the sweep (it answers while the database is away).
+        await eventually(lambda: _cached(svc, "T1") == (False, "timeout"), timeout=5)
         alert = (await svc.client.get("/alerts", params={"device_id": "T1"})).json()["items"][0]
         assert alert["details"]["cause"] == "timeout" and alert["resolved_at"] is None
         publisher.publish(f"{ns}/T1/telemetry", {"temperature": 2.0})
         await eventually(lambda: _is(state(db, "T1"), (True, "message")), timeout=5)
         assert await open_alerts(db, "T1") == []
+        await eventually(lambda: _cached(svc, "T1") == (True, "message"), timeout=5)
         resolved = (await svc.client.get("/alerts", params={"status": "resolved", "device_id": "T1"})).json()
         assert resolved["total"] == 1
     assert (await events(db, "T1"))[:2] == [(False, "timeout"), (True, "message")]
     # Each change notified once per channel (MQTT on by default): opened, resolved.
     states = [r["state"] for r in await db.fetch("SELECT state FROM notifications WHERE device_id = 'T1' ORDER BY id")]
     assert states[:2] == ["opened", "resolved"]
+
+
+def _cached(svc: Any, device: str) -> tuple[bool | None, str | None] | None:
+    row = svc.runtime.fleet.device(device)
+    return None if row is None else (row["is_online"], row["connectivity_cause"])
 
 
 async def _is(value: Any, want: Any) -> bool:
@@ -132,7 +140,7 @@ def _kill(client: mqtt.Client) -> None:
 async def test_a_real_will_takes_the_device_offline_with_or_without_its_old_timestamp(
     service: ServiceFactory, broker: Broker, db: asyncpg.Connection, ns: str
 ) -> None:
-    async with service():
+    async with service() as svc:
         connected_at = datetime.now(UTC)
         wills = {"W1": {"status": "offline"}, "W2": {"status": "offline", "timestamp": iso(connected_at)}}
         for device, will in wills.items():
@@ -145,6 +153,7 @@ async def test_a_real_will_takes_the_device_offline_with_or_without_its_old_time
         for device in wills:
             await eventually(lambda device=device: _is(state(db, device), (False, "will")), timeout=10)
             assert await open_alerts(db, device) == ["offline"]
+            await eventually(lambda device=device: _cached(svc, device) == (False, "will"), timeout=5)
             assert await events(db, device) == [(True, "status"), (False, "will")]
 
 

@@ -182,6 +182,8 @@ async def accept_device(runtime: RuntimeDep, session: SessionDep, device_id: Dev
         await resolve_alerts(conn, runtime.outbox, [(device_id, UNKNOWN_DEVICE, "")])
     if runtime.sender is not None and runtime.outbox.take_written():
         runtime.sender.wake()
+    if runtime.fleet is not None:
+        runtime.fleet.read_again([device_id])
     return DevicePublic(**await _existing(session, device_id))
 
 

@@ -66,6 +66,7 @@ class Sweeper:
         connection: Callable[[], ConnectionState | None],
         writer_healthy: Callable[[], bool],
         on_notified: Callable[[], None] = lambda: None,
+        on_changed: Callable[[list[str]], None] = lambda _ids: None,
     ) -> None:
         self._engine = engine
         self._outbox = outbox
@@ -74,6 +75,7 @@ class Sweeper:
         self._connection = connection
         self._writer_healthy = writer_healthy
         self._on_notified = on_notified
+        self._on_changed = on_changed  # device ids timed out, after their commit
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -123,6 +125,8 @@ class Sweeper:
                     at = datetime.fromtimestamp(now, UTC)
                     await open_alerts(conn, self._outbox, [offline_alert(r["device_id"], "timeout", at) for r in rows])
                 metrics.SWEEP_SECONDS.observe(time.perf_counter() - started)
+                if rows:
+                    self._on_changed([r["device_id"] for r in rows])
                 total += len(rows)
                 if len(rows) < _PAGE:
                     break
