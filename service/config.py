@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Last-seen updates for a device are coalesced to at most one per this many seconds.
     device_last_seen_resolution: Annotated[float, Field(ge=0, le=3600)] = 1.0
 
+    # Automation rules (YAML, docs/rules.md); unset = no rules. Re-read on POST /rules/reload and SIGHUP.
+    rules_file: Annotated[str, Field(min_length=1)] | None = None
+
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
 
     # HTTP API

@@ -11,7 +11,10 @@ from sqlalchemy.engine import make_url
 
 from service import logs
 from service.api import dead_letters, devices, errors, health, metrics, routes_table
+from service.api import rules as rules_api
 from service.config import Settings, load_settings
+from service.routes import build_router
+from service.rules.active import ActiveRules
 from service.runtime import Runtime
 
 log = logging.getLogger("service")
@@ -20,10 +23,12 @@ log = logging.getLogger("service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.mqtt_monitor_log_level)
+    # A bad rules file stops start-up here, with one line (RulesError), like a bad setting.
+    rules = ActiveRules(settings.rules_file, build_router(settings.mqtt_topic_prefix))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(settings)
+        runtime = Runtime.build(settings, rules)
         app.state.runtime = runtime
         log.info(
             "starting: broker %s:%s, database %s",
@@ -44,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (health, metrics, devices, routes_table, dead_letters):
+    for module in (health, metrics, devices, routes_table, dead_letters, rules_api):
         app.include_router(module.router)
 
     errors.install(app)

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Cost of evaluating rule conditions per message, for the expression libraries considered.
+
+    .venv/bin/python bench/rules_expressions.py            # ~20 s; prints µs per message
+
+Each candidate compiles its expressions once, then evaluates them against the names of one
+telemetry message (the referee's payload fields plus the topic's device_id). Two shapes:
+one condition per message, and 20 conditions per message (the issue's benchmark: 20 rules on the
+telemetry route). Not a test: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import ast
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+MESSAGE: dict[str, Any] = {
+    "device_id": "ESP32_007",
+    "temperature": 20.5,
+    "humidity": 31.3,
+    "voltage": 3.07,
+    "memory_free": 40101,
+}
+PY_CONDITIONS = [f"temperature > {70 + i} and humidity < {95 - i % 3} or voltage < {1 - i / 100}" for i in range(20)]
+CEL_CONDITIONS = [c.replace(" and ", " && ").replace(" or ", " || ") for c in PY_CONDITIONS]
+
+
+def per_message(fn: Callable[[], object], rounds: int = 7, n: int = 20_000) -> float:
+    """Median µs per call over `rounds` runs of `n` calls."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - start) / n * 1e6)
+    return statistics.median(times)
+
+
+def simpleeval_candidate(conditions: list[str]) -> Callable[[], object]:
+    from simpleeval import SimpleEval
+
+    evaluator = SimpleEval(names=MESSAGE, functions={})
+    parsed = [evaluator.parse(c) for c in conditions]
+
+    def run() -> object:
+        return [evaluator.eval("", previously_parsed=p) for p in parsed]
+
+    return run
+
+
+def asteval_candidate(conditions: list[str]) -> Callable[[], object]:
+    from asteval import Interpreter
+
+    interp = Interpreter(symtable=dict(MESSAGE), minimal=True, builtins_readonly=True)
+    parsed = [interp.parse(c) for c in conditions]
+
+    def run() -> object:
+        return [interp.run(p, with_raise=True) for p in parsed]
+
+    return run
+
+
+def cel_candidate(conditions: list[str]) -> Callable[[], object]:
+    import cel
+
+    programs = [cel.compile(c) for c in conditions]
+
+    def run() -> object:
+        return [p.execute(MESSAGE) for p in programs]
+
+    return run
+
+
+def cel_one_program_candidate(conditions: list[str]) -> Callable[[], object]:
+    """All of a route's conditions in one CEL program: one context conversion per message."""
+    import cel
+
+    program = cel.compile("[" + ", ".join(f"({c})" for c in conditions) + "]")
+
+    def run() -> object:
+        return program.execute(MESSAGE)
+
+    return run
+
+
+def python_bytecode_reference(conditions: list[str]) -> Callable[[], object]:
+    """Not a candidate (the issue rules out eval): CPython's own bytecode, as the floor."""
+    code = compile(ast.parse("[" + ", ".join(f"({c})" for c in conditions) + "]", mode="eval"), "<rules>", "eval")
+    names = dict(MESSAGE)
+
+    def run() -> object:
+        return eval(code, {"__builtins__": {}}, names)
+
+    return run
+
+
+def main() -> None:
+    candidates: list[tuple[str, Callable[[list[str]], Callable[[], object]], list[str]]] = [
+        ("simpleeval 1.0 (SimpleEval, parsed once)", simpleeval_candidate, PY_CONDITIONS),
+        ("asteval 1.0 (Interpreter, parsed once)", asteval_candidate, PY_CONDITIONS),
+        ("CEL (common-expression-language), one program per rule", cel_candidate, CEL_CONDITIONS),
+        ("CEL (common-expression-language), one program per route", cel_one_program_candidate, CEL_CONDITIONS),
+        ("reference: CPython bytecode (eval, not a candidate)", python_bytecode_reference, PY_CONDITIONS),
+    ]
+    print(f"{'candidate':60} {'1 rule µs':>10} {'20 rules µs':>12}")
+    for name, make, conditions in candidates:
+        one = per_message(make(conditions[:1]))
+        twenty = per_message(make(conditions), n=5_000)
+        print(f"{name:60} {one:10.2f} {twenty:12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

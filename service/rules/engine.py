@@ -1,0 +1,135 @@
+"""Rule state per (rule, device, relay), derived in the writer's transaction against the stored state.
+
+`apply()` runs inside the batch's transaction (BatchWriter._execute), so a firing is committed with
+the messages that caused it or not at all. The state rows of the keys in the batch are created if
+missing (`INSERT … ON CONFLICT DO NOTHING`, which also makes a concurrent creator wait) and locked
+(`SELECT … FOR UPDATE`, in key order); each change is then applied in device-time order:
+
+* a change older than (or as old as) the stored change point is refused: a redelivery, a restart's
+  replay or a late message never moves the state back, never fires twice;
+* false -> true records the episode's start (`since`) and, without `for:`, fires;
+* with `for:`, a report at `since + for` or later of the same episode fires (once: `fired_at`);
+* true -> false ends the episode.
+
+A firing is a `rule_firings` row with its rendered actions and status `pending`, unique per
+(rule, device, relay, since): the seam where the notification outbox (issue 11) takes over. Nothing
+here sends anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from service.records import RuleRecord
+from service.rules import metrics
+
+ENSURE_STATE = """
+INSERT INTO rule_state (rule, device_id, relay, value)
+SELECT r, d, i, false FROM unnest($1::text[], $2::text[], $3::int4[]) AS u(r, d, i)
+ORDER BY r, d, i
+ON CONFLICT DO NOTHING
+"""
+
+LOCK_STATE = """
+SELECT s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_at
+FROM rule_state s JOIN unnest($1::text[], $2::text[], $3::int4[]) AS u(r, d, i)
+  ON s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
+ORDER BY s.rule, s.device_id, s.relay
+FOR UPDATE OF s
+"""
+
+UPDATE_STATE = """
+UPDATE rule_state s
+SET value = u.v, changed_at = u.c, since = u.s, fired_at = u.f, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::int4[], $4::bool[], $5::timestamptz[], $6::timestamptz[],
+            $7::timestamptz[]) AS u(r, d, i, v, c, s, f)
+WHERE s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
+"""
+
+INSERT_FIRINGS = """
+INSERT INTO rule_firings (rule, device_id, relay, since, ts, severity, actions, context)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[], $6::text[],
+                     $7::jsonb[], $8::jsonb[])
+ON CONFLICT (rule, device_id, relay, since) DO NOTHING
+"""
+
+Key = tuple[str, str, int]
+
+
+class State:
+    __slots__ = ("changed", "changed_at", "fired_at", "since", "value")
+
+    def __init__(self, value: bool, changed_at: datetime | None, since: datetime | None, fired_at: datetime | None):
+        self.value = value
+        self.changed_at = changed_at
+        self.since = since
+        self.fired_at = fired_at
+        self.changed = False
+
+
+Firing = tuple[str, str, int, datetime, datetime, str, str, str]
+
+
+def transitions(records: Sequence[RuleRecord], current: dict[Key, State]) -> list[Firing]:
+    """Apply the batch's changes to the locked states (in place); the firings they cause."""
+    items = sorted(
+        ((rule.name, rec.device_id, rec.relay, rec.ts, value, rule, rec.context)
+         for rec in records for rule, value in rec.changes),
+        key=lambda item: item[:4],
+    )  # fmt: skip
+    firings: list[Firing] = []
+    for name, device, relay, ts, value, rule, context in items:
+        st = current[(name, device, relay)]
+        if st.changed_at is not None and ts <= st.changed_at:
+            continue  # not newer than the stored change point: already applied, or late
+        fire = False
+        if value != st.value:
+            st.value, st.changed_at, st.changed = value, ts, True
+            st.since, st.fired_at = (ts if value else None), None
+            fire = value and not rule.hold
+        elif value and st.fired_at is None and rule.hold and st.since is not None and ts - st.since >= rule.hold:
+            fire = True
+        if fire and st.since is not None:
+            st.fired_at, st.changed = ts, True
+            ctx = _plain(context or {})
+            firings.append((name, device, relay, st.since, ts, rule.severity, json.dumps(rule.render(ctx)),
+                            json.dumps(ctx)))  # fmt: skip
+    return firings
+
+
+async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord]) -> None:
+    """The batch's rule changes against the stored state, in the caller's transaction."""
+    keys = sorted({(rule.name, rec.device_id, rec.relay) for rec in records for rule, _ in rec.changes})
+    if not keys:
+        return
+    columns = [list(c) for c in zip(*keys, strict=True)]
+    await conn.execute(ENSURE_STATE, *columns)
+    current = {
+        (r["rule"], r["device_id"], r["relay"]): State(r["value"], r["changed_at"], r["since"], r["fired_at"])
+        for r in await conn.fetch(LOCK_STATE, *columns)
+    }
+    firings = transitions(records, current)
+    changed = [(*k, s.value, s.changed_at, s.since, s.fired_at) for k, s in current.items() if s.changed]
+    if changed:
+        await conn.execute(UPDATE_STATE, *[list(c) for c in zip(*changed, strict=True)])
+    if firings:
+        await conn.execute(INSERT_FIRINGS, *[list(c) for c in zip(*firings, strict=True)])
+        metrics.count_firings(firings)
+
+
+def _plain(context: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready: times as ISO 8601, anything else unusual as text."""
+    out: dict[str, Any] = {}
+    for k, v in context.items():
+        if v is None or isinstance(v, bool | int | float | str):
+            out[k] = v
+        elif isinstance(v, datetime):
+            out[k] = v.isoformat()
+        else:
+            out[k] = str(v)
+    return out

@@ -1,0 +1,163 @@
+"""Per message, in the pipeline: evaluate the route's rules, hand on a RuleRecord only on a change.
+
+The pipeline calls the route's hook after its handler (routes without rules have none: no cost).
+Each route keeps, per device (and relay), the values of its rules at the newest message seen and
+the `for:` deadlines pending. A message whose values are those already seen and which passes no
+deadline costs one function call (all of the route's conditions compiled together), one dict
+lookup and one tuple comparison, and adds nothing to the batch. Otherwise the changed rules go to
+the writer in a RuleRecord, where engine.apply() checks them against the stored, locked state: the
+cache here only decides what is worth sending, the database decides what happened.
+
+A message older than (or as old as) the newest this process has seen for the device is not
+evaluated: late data never moves rule state back (engine.apply() refuses it too, across restarts
+and replicas).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from service.records import RuleRecord
+from service.rules import metrics
+from service.rules.loader import RouteRules
+
+if TYPE_CHECKING:
+    from service.pipeline import MessageContext, Outcome
+
+log = logging.getLogger(__name__)
+
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+_MAX_KEYS = 500_000  # devices x relays remembered per route; past this the cache starts afresh
+
+# Cache entry (a list, changed in place on the fast path):
+_RAW, _NEWEST, _DEADLINE, _STATE, _PENDING = range(5)
+
+
+class RouteStage:
+    """The hook of one route: `(ctx, records) -> records`, a RuleRecord appended when rules changed."""
+
+    def __init__(self, rules: RouteRules, stored: Mapping[tuple[str, int], list[Any]] | None = None) -> None:
+        self.rules = rules
+        self._evaluate = rules.evaluate
+        self._relay = rules.relay_param
+        self._cache: dict[Any, list[Any]] = {}
+        self._stored = dict(stored or {})  # (device, relay) -> entry, from rule_state at load
+        self._applies: dict[str, tuple[bool, ...]] = {}
+        self._failed: set[str] = set()
+
+    def __call__(self, ctx: MessageContext, records: Outcome) -> Outcome:
+        try:
+            return self._observe(ctx, records)
+        except Exception:  # a bug here must not cost the message: it is stored without rules
+            log.exception("rules of route %s failed on a message from %s", self.rules.route, ctx.topic)
+            return records
+
+    def _observe(self, ctx: MessageContext, records: Outcome) -> Outcome:
+        model: Any = ctx.model
+        params = ctx.params
+        ts = model.timestamp
+        if ts is None:
+            ts = datetime.fromtimestamp(ctx.received_at, UTC)
+        relay = self._relay
+        key = params["device_id"] if relay is None else (params["device_id"], params[relay])
+        try:
+            values = self._evaluate(model, params)
+        except Exception:
+            values = self._one_by_one(model, params)
+        entry = self._cache.get(key)
+        if entry is not None and values == entry[_RAW] and ts > entry[_NEWEST]:
+            deadline = entry[_DEADLINE]
+            if deadline is None or ts < deadline:
+                entry[_NEWEST] = ts
+                return records
+        return self._changed(ctx, key, ts, values, entry, records)
+
+    def _changed(self, ctx: MessageContext, key: Any, ts: datetime, values: tuple[bool | None, ...],
+                 entry: list[Any] | None, records: Outcome) -> Outcome:  # fmt: skip
+        device: str = ctx.params["device_id"]
+        relay: int = ctx.params[self._relay] if self._relay is not None else -1
+        if entry is None:
+            entry = self._entry(device, relay)
+            if len(self._cache) >= _MAX_KEYS:
+                self._cache.clear()
+            self._cache[key] = entry
+        if ts <= entry[_NEWEST]:
+            return records  # late or repeated
+        applies = self._applies.get(device)
+        if applies is None:
+            applies = self._applies[device] = tuple(r.matches_device(device) for r in self.rules.rules)
+        state: list[bool] = entry[_STATE]
+        pending: dict[int, datetime] = entry[_PENDING]
+        changes: list[tuple[Any, bool]] = []
+        for i, value in enumerate(values):
+            if value is None or not applies[i]:
+                continue
+            rule = self.rules.rules[i]
+            if value != state[i]:
+                state[i] = value
+                changes.append((rule, value))
+                if value and rule.hold:
+                    pending[i] = ts + rule.hold
+                else:
+                    pending.pop(i, None)
+            elif value and i in pending and ts >= pending[i]:
+                changes.append((rule, True))  # held for `for:`: the engine fires if the database agrees
+                del pending[i]
+        entry[_RAW], entry[_NEWEST] = values, ts
+        entry[_DEADLINE] = min(pending.values()) if pending else None
+        if not changes:
+            return records
+        context = _context(ctx) if any(v for _, v in changes) else None
+        return [*records, RuleRecord(device, relay, ts, tuple(changes), context)]
+
+    def _entry(self, device: str, relay: int) -> list[Any]:
+        stored: list[Any] | None = self._stored.pop((device, relay), None)
+        if stored is not None:
+            return stored
+        return [None, _OLDEST, None, [False] * len(self.rules.rules), {}]
+
+    def _one_by_one(self, model: Any, params: Mapping[str, Any]) -> tuple[bool | None, ...]:
+        out: list[bool | None] = []
+        for rule, evaluate in zip(self.rules.rules, self.rules.each, strict=True):
+            try:
+                out.append(evaluate(model, params)[0])
+            except Exception as exc:  # say, a division by zero: this message says nothing for the rule
+                out.append(None)
+                metrics.EVALUATION_ERRORS.labels(rule.name).inc()
+                if rule.name not in self._failed:
+                    self._failed.add(rule.name)
+                    log.warning("rule %s: condition raised %s: %s (logged once)", rule.name, type(exc).__name__, exc)
+        return tuple(out)
+
+
+def _context(ctx: MessageContext) -> dict[str, Any]:
+    model: Any = ctx.model
+    out: dict[str, Any] = dict(model)
+    out.update(ctx.params)
+    return out
+
+
+def stored_entries(rules: RouteRules, rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], list[Any]]:
+    """Cache entries of the route's rules from rule_state rows (at start-up and reload)."""
+    index = {r.name: r for r in rules.rules}
+    out: dict[tuple[str, int], list[Any]] = {}
+    for row in rows:
+        rule = index.get(row["rule"])
+        if rule is None:
+            continue
+        key = (row["device_id"], row["relay"])
+        entry = out.get(key)
+        if entry is None:
+            entry = out[key] = [None, _OLDEST, None, [False] * len(rules.rules), {}]
+        entry[_STATE][rule.index] = bool(row["value"])
+        if row["changed_at"] is not None and row["changed_at"] > entry[_NEWEST]:
+            entry[_NEWEST] = row["changed_at"]
+        if row["value"] and rule.hold and row["fired_at"] is None and row["since"] is not None:
+            entry[_PENDING][rule.index] = row["since"] + rule.hold
+    for entry in out.values():
+        pending: dict[int, datetime] = entry[_PENDING]
+        entry[_DEADLINE] = min(pending.values()) if pending else None
+    return out
