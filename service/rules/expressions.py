@@ -163,6 +163,28 @@ def _kind(node: ast.expr, names: Names, used: set[str]) -> Kind:
 
 def compile_route(conditions: Sequence[tuple[ast.expr, frozenset[str]]], names: Names) -> Evaluate:
     """One function for all of a route's conditions: (model, topic params) -> one value per rule."""
+    body = _reads(conditions, names)
+    values = [_guarded(tree, u, names) for tree, u in conditions]
+    body.append(ast.Return(ast.Tuple(values, ast.Load())))
+    return _function(body)
+
+
+def compile_any(conditions: Sequence[tuple[ast.expr, frozenset[str]]], names: Names) -> Callable[[Any, Any], bool]:
+    """(model, topic params) -> whether any condition holds: `c0 or c1 or …`, stopping at the first.
+
+    The fast path of a device whose rules are all false (service/rules/stage.py): no tuple, no
+    guards. A missing field makes an ordering raise TypeError (the caller then evaluates in full) or
+    an equality False, which leaves a false rule false all the same.
+    """
+    body = _reads(conditions, names)
+    tests = [_Rename().visit(_copy(tree)) for tree, _ in conditions]
+    test: ast.expr = tests[0] if len(tests) == 1 else ast.BoolOp(ast.Or(), tests)
+    body.append(ast.Return(ast.UnaryOp(ast.Not(), ast.UnaryOp(ast.Not(), test))))
+    any_true: Callable[[Any, Any], bool] = _function(body)  # type: ignore[assignment]
+    return any_true
+
+
+def _reads(conditions: Sequence[tuple[ast.expr, frozenset[str]]], names: Names) -> list[ast.stmt]:
     used = sorted(set().union(*(u for _, u in conditions))) if conditions else []
     body: list[ast.stmt] = []
     for name in used:
@@ -173,9 +195,7 @@ def compile_route(conditions: Sequence[tuple[ast.expr, frozenset[str]]], names: 
             else ast.Attribute(ast.Name("m", ast.Load()), name, ast.Load())
         )
         body.append(ast.Assign([ast.Name(f"v_{name}", ast.Store())], source))
-    values = [_guarded(tree, u, names) for tree, u in conditions]
-    body.append(ast.Return(ast.Tuple(values, ast.Load())))
-    return _function(body)
+    return body
 
 
 def compile_one(condition: tuple[ast.expr, frozenset[str]], names: Names) -> Evaluate:

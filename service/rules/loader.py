@@ -20,7 +20,16 @@ from pydantic import ValidationError
 
 from service.routing.router import Route, Router
 from service.routing.topics import CONVERTERS, Param
-from service.rules.expressions import Evaluate, ExpressionError, Names, check, compile_one, compile_route, route_names
+from service.rules.expressions import (
+    Evaluate,
+    ExpressionError,
+    Names,
+    check,
+    compile_any,
+    compile_one,
+    compile_route,
+    route_names,
+)
 from service.rules.schema import AlertAction, PublishAction, Rule, RulesFile, WebhookAction
 from service.rules.templates import Template, TemplateError, check_template, check_value, render_value
 
@@ -77,6 +86,7 @@ class RouteRules:
     route: str
     rules: tuple[CompiledRule, ...]
     evaluate: Evaluate  # all of the route's conditions at once
+    any_true: Callable[[Any, Any], bool]  # whether any holds (the fast path while all are false)
     each: tuple[Evaluate, ...]  # one per rule: used when `evaluate` raises (say, a division by zero)
     relay_param: str | None  # rule state is per (device, relay) on routes with a relay parameter
 
@@ -149,6 +159,7 @@ def load_text(text: str, router: Router, source: str = "<rules>") -> RuleSet:
             route_name,
             tuple(r for r, _ in items),
             compile_route([c for _, c in items], names),
+            compile_any([c for _, c in items], names),
             tuple(compile_one(c, names) for _, c in items),
             relay,
         )

@@ -3,8 +3,9 @@
 The pipeline calls the route's hook after its handler (routes without rules have none: no cost).
 Each route keeps, per device (and relay), the values of its rules at the newest message seen and
 the `for:` deadlines pending. A message whose values are those already seen and which passes no
-deadline costs one function call (all of the route's conditions compiled together), one dict
-lookup and one tuple comparison, and adds nothing to the batch. Otherwise the changed rules go to
+deadline adds nothing to the batch and costs one dict lookup and one function call: while every
+rule is false for the device, `c0 or c1 or …` (stopping at the first that holds); otherwise all
+of the route's conditions compiled together and one tuple comparison. Otherwise the changed rules go to
 the writer in a RuleRecord, where engine.apply() checks them against the stored, locked state: the
 cache here only decides what is worth sending, the database decides what happened.
 
@@ -33,7 +34,9 @@ _OLDEST = datetime.min.replace(tzinfo=UTC)
 _MAX_KEYS = 500_000  # devices x relays remembered per route; past this the cache starts afresh
 
 # Cache entry (a list, changed in place on the fast path):
-_RAW, _NEWEST, _DEADLINE, _STATE, _PENDING = range(5)
+# raw values at the newest message, its device time, the earliest `for:` deadline pending (or None),
+# the rules' values as sent on, {rule index: deadline}, whether every value is False.
+_RAW, _NEWEST, _DEADLINE, _STATE, _PENDING, _QUIET = range(6)
 
 
 class RouteStage:
@@ -42,6 +45,7 @@ class RouteStage:
     def __init__(self, rules: RouteRules, stored: Mapping[tuple[str, int], list[Any]] | None = None) -> None:
         self.rules = rules
         self._evaluate = rules.evaluate
+        self._any_true = rules.any_true
         self._relay = rules.relay_param
         self._cache: dict[Any, list[Any]] = {}
         self._stored = dict(stored or {})  # (device, relay) -> entry, from rule_state at load
@@ -50,30 +54,37 @@ class RouteStage:
 
     def __call__(self, ctx: MessageContext, records: Outcome) -> Outcome:
         try:
-            return self._observe(ctx, records)
+            model: Any = ctx.model
+            params = ctx.params
+            ts = model.timestamp
+            if ts is None:
+                ts = datetime.fromtimestamp(ctx.received_at, UTC)
+            relay = self._relay
+            key = params["device_id"] if relay is None else (params["device_id"], params[relay])
+            entry = self._cache.get(key)
+            if entry is not None and ts > entry[_NEWEST] and entry[_DEADLINE] is None:
+                if entry[_QUIET]:
+                    # Every rule false for this device: nothing changes unless one holds now.
+                    try:
+                        held = self._any_true(model, params)
+                    except Exception:  # a missing field in an ordering, a division by zero: in full below
+                        held = True
+                    if not held:
+                        entry[_NEWEST] = ts
+                        return records
+                elif self._values(model, params) == entry[_RAW]:
+                    entry[_NEWEST] = ts
+                    return records
+            return self._changed(ctx, key, ts, self._values(model, params), entry, records)
         except Exception:  # a bug here must not cost the message: it is stored without rules
             log.exception("rules of route %s failed on a message from %s", self.rules.route, ctx.topic)
             return records
 
-    def _observe(self, ctx: MessageContext, records: Outcome) -> Outcome:
-        model: Any = ctx.model
-        params = ctx.params
-        ts = model.timestamp
-        if ts is None:
-            ts = datetime.fromtimestamp(ctx.received_at, UTC)
-        relay = self._relay
-        key = params["device_id"] if relay is None else (params["device_id"], params[relay])
+    def _values(self, model: Any, params: Mapping[str, Any]) -> tuple[bool | None, ...]:
         try:
-            values = self._evaluate(model, params)
+            return self._evaluate(model, params)
         except Exception:
-            values = self._one_by_one(model, params)
-        entry = self._cache.get(key)
-        if entry is not None and values == entry[_RAW] and ts > entry[_NEWEST]:
-            deadline = entry[_DEADLINE]
-            if deadline is None or ts < deadline:
-                entry[_NEWEST] = ts
-                return records
-        return self._changed(ctx, key, ts, values, entry, records)
+            return self._one_by_one(model, params)
 
     def _changed(self, ctx: MessageContext, key: Any, ts: datetime, values: tuple[bool | None, ...],
                  entry: list[Any] | None, records: Outcome) -> Outcome:  # fmt: skip
@@ -108,6 +119,7 @@ class RouteStage:
                 del pending[i]
         entry[_RAW], entry[_NEWEST] = values, ts
         entry[_DEADLINE] = min(pending.values()) if pending else None
+        entry[_QUIET] = not any(state) and all(v is False for v in values)
         if not changes:
             return records
         context = _context(ctx) if any(v for _, v in changes) else None
@@ -117,7 +129,7 @@ class RouteStage:
         stored: list[Any] | None = self._stored.pop((device, relay), None)
         if stored is not None:
             return stored
-        return [None, _OLDEST, None, [False] * len(self.rules.rules), {}]
+        return [None, _OLDEST, None, [False] * len(self.rules.rules), {}, False]
 
     def _one_by_one(self, model: Any, params: Mapping[str, Any]) -> tuple[bool | None, ...]:
         out: list[bool | None] = []
@@ -151,7 +163,7 @@ def stored_entries(rules: RouteRules, rows: Iterable[Mapping[str, Any]]) -> dict
         key = (row["device_id"], row["relay"])
         entry = out.get(key)
         if entry is None:
-            entry = out[key] = [None, _OLDEST, None, [False] * len(rules.rules), {}]
+            entry = out[key] = [None, _OLDEST, None, [False] * len(rules.rules), {}, False]
         entry[_STATE][rule.index] = bool(row["value"])
         if row["changed_at"] is not None and row["changed_at"] > entry[_NEWEST]:
             entry[_NEWEST] = row["changed_at"]
