@@ -131,6 +131,7 @@ def make_settings(database_url: str, broker_port: int, ns: str, **overrides: Any
         "mqtt_reconnect_max_delay": 1.0,
         "shutdown_grace_seconds": 5,
         "api_token": None,  # not from the environment: the tests say when there is one
+        "rules_file": None,  # likewise
         "_env_file": None,
     }
     values.update(overrides)

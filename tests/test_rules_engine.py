@@ -321,3 +321,40 @@ async def test_the_stored_state_refuses_what_it_has_seen(rules_db: asyncpg.Conne
     finally:
         await conn.close()
     assert [r["since"] for r in await firings(rules_db)] == [T0 + timedelta(seconds=2), T0 + timedelta(seconds=6)]
+
+
+async def test_sighup_rereads_the_file_and_a_bad_one_is_refused(
+    tmp_path: Path, ns: str, database_url: str, broker: Any
+) -> None:
+    import signal
+
+    import httpx
+
+    from tests.conftest import service_settings
+    from tests.support.service_process import ServiceProcess
+
+    path = write_rules(tmp_path / "rules.yaml", ns, EDGE_RULES)
+    svc = ServiceProcess(tmp_path, {**service_settings(database_url, broker.port, ns), "rules_file": str(path)})
+    svc.start()
+    try:
+        await svc.wait_health(200, timeout=30)
+
+        async def names() -> list[str]:
+            async with httpx.AsyncClient(base_url=svc.url, timeout=5) as client:
+                return [r["name"] for r in (await client.get("/rules")).json()["rules"]]
+
+        assert await names() == ["hot", "humid-5m"]
+        path.write_text("rules: [ {name: broken")
+        assert svc.proc is not None
+        svc.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: "rules reload refused, the old rules stay" in svc.log_text(), timeout=10)
+        assert await names() == ["hot", "humid-5m"] and svc.running
+        path.write_text(FOR_RULES)
+        svc.proc.send_signal(signal.SIGHUP)
+        deadline = asyncio.get_running_loop().time() + 10
+        while await names() != ["humid"]:
+            assert asyncio.get_running_loop().time() < deadline, svc.tail()
+            await asyncio.sleep(0.05)
+    finally:
+        await svc.terminate()
+        svc.close()

@@ -12,7 +12,7 @@ that reads each field once and returns one value per rule. Why not an interprete
 message and 20 rules, simpleeval took 200 µs, asteval 390 µs, CEL (common-expression-language)
 270 µs as 20 programs and 38 µs as one, against the service's ~9 µs per message in total; the
 compiled function takes about 1-5 µs (`bench/rules_expressions.py`). simpleeval stays the
-reference the compiled form is tested against (tests/test_rules_expressions.py). Only trees made
+reference the compiled form is tested against (tests/test_rules_load.py). Only trees made
 of the listed nodes are ever compiled, and the function's globals hold no builtins.
 
 A rule whose fields are missing from a message (None) says nothing about that message: its value
