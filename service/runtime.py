@@ -77,6 +77,7 @@ class Runtime:
             hold_reading=transport.hold_reading if transport is not None else _no_hold,
             window=settings.mqtt_receive_maximum,
         )
+        writer.observe(rules.committed)
         return cls(settings, engine, router, ingestor, transport, rules)
 
     async def start(self) -> None:

@@ -358,3 +358,16 @@ async def test_sighup_rereads_the_file_and_a_bad_one_is_refused(
     finally:
         await svc.terminate()
         svc.close()
+
+
+async def test_a_message_the_database_refuses_does_not_leave_its_change_behind(
+    service: ServiceFactory, publisher: Publisher, rules_db: asyncpg.Connection, ns: str, tmp_path: Path
+) -> None:
+    rules = write_rules(tmp_path / "rules.yaml", ns, EDGE_RULES)
+    async with service(rules_file=str(rules)) as svc:
+        # Valid for the model, too large for its column: a dead letter of stage "storage", without its rise.
+        await publish_and_wait(svc, publisher, [telemetry(ns, "D1", T0, temperature=35, memory_free=2**70)])
+        assert await rules_db.fetchval("SELECT count(*) FROM dead_letters WHERE stage = 'storage'") == 1
+        assert await firings(rules_db) == []
+        await publish_and_wait(svc, publisher, [telemetry(ns, "D1", T0 + timedelta(seconds=1), temperature=36)])
+    assert [r["since"] for r in await firings(rules_db, "hot")] == [T0 + timedelta(seconds=1)]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.records import DeadLetterRecord
 from service.routing.router import Router
 from service.rules import metrics
 from service.rules.loader import RulesError, RuleSet, load_file
@@ -23,6 +24,7 @@ from service.rules.stage import RouteStage, stored_entries
 
 if TYPE_CHECKING:
     from service.pipeline import MessageContext, Outcome
+    from service.storage.writer import Pending
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,18 @@ class ActiveRules:
             metrics.RELOADS.labels("loaded").inc()
             log.info("rules reloaded: %d rules from %s", len(rules.rules), rules.source)
             return rules
+
+    def committed(self, batch: Sequence[Pending]) -> None:
+        """After-commit observer: a message the database refused (a dead letter of stage "storage")
+        lost its RuleRecord, so its device's cached values may be ahead of the stored state."""
+        for pending in batch:
+            first = pending.records[0] if pending.records else None
+            if type(first) is not DeadLetterRecord or first.stage != "storage" or pending.route not in self.hooks:
+                continue
+            found = self.router.match(pending.message.topic)
+            stage = self.hooks[pending.route]
+            if found is not None and isinstance(stage, RouteStage):
+                stage.forget(found[1]["device_id"])
 
     def _install(self, rules: RuleSet, stored: list[dict[str, Any]]) -> None:
         fresh: dict[str, Hook] = {

@@ -100,7 +100,7 @@ class RouteStage:
         applies = self._applies.get(device)
         if applies is None:
             applies = self._applies[device] = tuple(r.matches_device(device) for r in self.rules.rules)
-        state: list[bool] = entry[_STATE]
+        state: list[bool | None] = entry[_STATE]  # None: unknown (see forget())
         pending: dict[int, datetime] = entry[_PENDING]
         changes: list[tuple[Any, bool]] = []
         for i, value in enumerate(values):
@@ -119,11 +119,23 @@ class RouteStage:
                 del pending[i]
         entry[_RAW], entry[_NEWEST] = values, ts
         entry[_DEADLINE] = min(pending.values()) if pending else None
-        entry[_QUIET] = not any(state) and all(v is False for v in values)
+        entry[_QUIET] = all(v is False for v in state) and all(v is False for v in values)
         if not changes:
             return records
         context = _context(ctx) if any(v for _, v in changes) else None
         return [*records, RuleRecord(device, relay, ts, tuple(changes), context)]
+
+    def forget(self, device: str) -> None:
+        """The device's values are unknown again (its RuleRecord was not stored): the next report of
+        each rule is sent on, and the stored state decides."""
+        unknown: list[bool | None] = [None] * len(self.rules.rules)
+        for key, entry in self._cache.items():
+            if key == device or (isinstance(key, tuple) and key[0] == device):
+                entry[_RAW], entry[_DEADLINE], entry[_STATE], entry[_PENDING], entry[_QUIET] = (
+                    None, None, list(unknown), {}, False)  # fmt: skip
+        for key, entry in self._stored.items():
+            if key[0] == device:
+                entry[_STATE], entry[_QUIET] = list(unknown), False
 
     def _entry(self, device: str, relay: int) -> list[Any]:
         stored: list[Any] | None = self._stored.pop((device, relay), None)
