@@ -1,9 +1,10 @@
 """Rule state per (rule, device, relay), derived in the writer's transaction against the stored state.
 
 `apply()` runs inside the batch's transaction (BatchWriter._execute), so a firing is committed with
-the messages that caused it or not at all. The state rows of the keys in the batch are created if
-missing (`INSERT … ON CONFLICT DO NOTHING`, which also makes a concurrent creator wait) and locked
-(`SELECT … FOR UPDATE`, in key order); each change is then applied in device-time order:
+the messages that caused it or not at all. Two statements per batch with changes, none without:
+the state rows of the batch's keys are created if missing and locked, in key order (`INSERT … ON
+CONFLICT DO UPDATE` with a no-op update: a concurrent writer of the same key waits for our commit);
+each change is then applied in device-time order:
 
 * a change older than (or as old as) the stored change point is refused: a redelivery, a restart's
   replay or a late message never moves the state back, never fires twice;
@@ -28,33 +29,28 @@ import asyncpg
 from service.records import RuleRecord
 from service.rules import metrics
 
-ENSURE_STATE = """
-INSERT INTO rule_state (rule, device_id, relay, value)
+# Creates the batch's missing state rows and locks all of them, in key order, in one statement: the
+# no-op DO UPDATE takes the row lock (as FOR UPDATE would) and RETURNING gives the stored values.
+LOCK_STATE = """
+INSERT INTO rule_state AS s (rule, device_id, relay, value)
 SELECT r, d, i, false FROM unnest($1::text[], $2::text[], $3::int4[]) AS u(r, d, i)
 ORDER BY r, d, i
-ON CONFLICT DO NOTHING
+ON CONFLICT (rule, device_id, relay) DO UPDATE SET value = s.value
+RETURNING s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_at
 """
 
-LOCK_STATE = """
-SELECT s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_at
-FROM rule_state s JOIN unnest($1::text[], $2::text[], $3::int4[]) AS u(r, d, i)
-  ON s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
-ORDER BY s.rule, s.device_id, s.relay
-FOR UPDATE OF s
-"""
-
-UPDATE_STATE = """
-UPDATE rule_state s
-SET value = u.v, changed_at = u.c, since = u.s, fired_at = u.f, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::int4[], $4::bool[], $5::timestamptz[], $6::timestamptz[],
-            $7::timestamptz[]) AS u(r, d, i, v, c, s, f)
-WHERE s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
-"""
-
-INSERT_FIRINGS = """
+# The new states and the firings, in one statement.
+WRITE = """
+WITH updated AS (
+    UPDATE rule_state s
+    SET value = u.v, changed_at = u.c, since = u.s, fired_at = u.f, updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::int4[], $4::bool[], $5::timestamptz[], $6::timestamptz[],
+                $7::timestamptz[]) AS u(r, d, i, v, c, s, f)
+    WHERE s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
+)
 INSERT INTO rule_firings (rule, device_id, relay, since, ts, severity, actions, context)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[], $6::text[],
-                     $7::jsonb[], $8::jsonb[])
+SELECT * FROM unnest($8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::timestamptz[], $13::text[],
+                     $14::jsonb[], $15::jsonb[])
 ON CONFLICT (rule, device_id, relay, since) DO NOTHING
 """
 
@@ -107,19 +103,20 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord]) -> None
     keys = sorted({(rule.name, rec.device_id, rec.relay) for rec in records for rule, _ in rec.changes})
     if not keys:
         return
-    columns = [list(c) for c in zip(*keys, strict=True)]
-    await conn.execute(ENSURE_STATE, *columns)
     current = {
         (r["rule"], r["device_id"], r["relay"]): State(r["value"], r["changed_at"], r["since"], r["fired_at"])
-        for r in await conn.fetch(LOCK_STATE, *columns)
+        for r in await conn.fetch(LOCK_STATE, *[list(c) for c in zip(*keys, strict=True)])
     }
     firings = transitions(records, current)
     changed = [(*k, s.value, s.changed_at, s.since, s.fired_at) for k, s in current.items() if s.changed]
     if changed:
-        await conn.execute(UPDATE_STATE, *[list(c) for c in zip(*changed, strict=True)])
+        await conn.execute(WRITE, *_columns(changed, 7), *_columns(firings, 8))
     if firings:
-        await conn.execute(INSERT_FIRINGS, *[list(c) for c in zip(*firings, strict=True)])
         metrics.count_firings(firings)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def _plain(context: dict[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,8 @@ class RouteStage:
             return records  # late or repeated
         applies = self._applies.get(device)
         if applies is None:
+            if len(self._applies) >= _MAX_KEYS:
+                self._applies.clear()
             applies = self._applies[device] = tuple(r.matches_device(device) for r in self.rules.rules)
         state: list[bool | None] = entry[_STATE]  # None: unknown (see forget())
         pending: dict[int, datetime] = entry[_PENDING]
