@@ -62,7 +62,8 @@ class RouteStage:
             relay = self._relay
             key = params["device_id"] if relay is None else (params["device_id"], params[relay])
             entry = self._cache.get(key)
-            if entry is not None and ts > entry[_NEWEST] and entry[_DEADLINE] is None:
+            values = None
+            if entry is not None and ts > entry[_NEWEST] and (entry[_DEADLINE] is None or ts < entry[_DEADLINE]):
                 if entry[_QUIET]:
                     # Every rule false for this device: nothing changes unless one holds now.
                     try:
@@ -72,10 +73,14 @@ class RouteStage:
                     if not held:
                         entry[_NEWEST] = ts
                         return records
-                elif self._values(model, params) == entry[_RAW]:
-                    entry[_NEWEST] = ts
-                    return records
-            return self._changed(ctx, key, ts, self._values(model, params), entry, records)
+                else:
+                    values = self._values(model, params)
+                    if values == entry[_RAW]:
+                        entry[_NEWEST] = ts
+                        return records
+            if values is None:
+                values = self._values(model, params)
+            return self._changed(ctx, key, ts, values, entry, records)
         except Exception:  # a bug here must not cost the message: it is stored without rules
             log.exception("rules of route %s failed on a message from %s", self.rules.route, ctx.topic)
             return records
