@@ -80,6 +80,7 @@ class RuleRecord(NamedTuple):
     ts: datetime  # the device's time
     changes: tuple[tuple[Any, bool], ...]  # (rules.loader.CompiledRule, new value)
     context: dict[str, Any] | None  # what the actions' templates may use; only when a rule turned true
+    origin: str  # the rules instance whose cache sent it (other replicas are told of the change)
 
 
 Record = StatusRecord | TelemetryRecord | RelayRecord | DisplayRecord | SystemRecord | DeadLetterRecord | RuleRecord

@@ -135,6 +135,7 @@ class Runtime:
                 )
             await self.transport.stop()
         await self.ingestor.stop()
+        await self.rules.stop()
         await self.ingestor.writer.close()
         await self.engine.dispose()
 

@@ -275,7 +275,7 @@ async def test_without_a_token_reload_is_disabled(service: ServiceFactory, tmp_p
 
 
 def record(rule: Any, ts: datetime, value: bool) -> RuleRecord:
-    return RuleRecord("D1", -1, ts, ((rule, value),), {"device_id": "D1", "temperature": 35})
+    return RuleRecord("D1", -1, ts, ((rule, value),), {"device_id": "D1", "temperature": 35}, "test")
 
 
 async def test_two_writers_racing_for_one_device_fire_once(rules_db: asyncpg.Connection, database_url: str) -> None:
@@ -371,3 +371,23 @@ async def test_a_message_the_database_refuses_does_not_leave_its_change_behind(
         assert await firings(rules_db) == []
         await publish_and_wait(svc, publisher, [telemetry(ns, "D1", T0 + timedelta(seconds=1), temperature=36)])
     assert [r["since"] for r in await firings(rules_db, "hot")] == [T0 + timedelta(seconds=1)]
+
+
+async def test_two_replicas_sharing_a_device_fire_exactly_as_one(
+    service: ServiceFactory, publisher: Publisher, rules_db: asyncpg.Connection, ns: str, tmp_path: Path
+) -> None:
+    """Two services on one database, the device's reports split between them (as a shared
+    subscription does): each learns of the other's changes, so every rise fires once."""
+    rules = write_rules(tmp_path / "rules.yaml", ns, EDGE_RULES)
+    temperatures = [35, 25, 36, 37, 20, 21, 38, 39, 22, 40, 41, 42, 23, 35, 24, 36]
+    async with (
+        service(rules_file=str(rules), mqtt_topic_prefix=f"{ns}a", mqtt_client_id=f"{ns}-a") as a,
+        service(rules_file=str(rules), mqtt_topic_prefix=f"{ns}b", mqtt_client_id=f"{ns}-b") as b,
+    ):
+        for i, temperature in enumerate(temperatures):
+            svc, prefix = (a, f"{ns}a") if i % 2 == 0 else (b, f"{ns}b")
+            await publish_and_wait(svc, publisher, [telemetry(prefix, "D1", T0 + timedelta(seconds=i),
+                                                              temperature=temperature)])  # fmt: skip
+            await asyncio.sleep(0.1)  # the other replica hears of a change at our commit
+    points = [(T0, float(t), 0.0) for t in temperatures]
+    assert len(await firings(rules_db, "hot")) == expected_edges(points) == 6

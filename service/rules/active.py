@@ -8,6 +8,7 @@ never a mix. A file that does not load leaves everything as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from service.records import DeadLetterRecord
 from service.routing.router import Router
 from service.rules import metrics
 from service.rules.loader import RulesError, RuleSet, load_file
+from service.rules.peers import PeerListener, new_origin
 from service.rules.stage import RouteStage, stored_entries
 
 if TYPE_CHECKING:
@@ -42,9 +44,17 @@ class ActiveRules:
         self.last_error: str | None = None
         self.last_reload: float | None = None
         self._lock = asyncio.Lock()
+        self._peers: PeerListener | None = None
+        self.origin = new_origin()
 
     async def start(self, engine: AsyncEngine) -> None:
-        """Hooks for the loaded rules, their caches primed with the stored state."""
+        """Hooks for the loaded rules, their caches primed with the stored state; listening to other
+        replicas' changes (only with a rules file: a service without rules pays nothing)."""
+        if self.path:
+            self._peers = PeerListener(engine, self.origin, self.changed_elsewhere, lambda: self._resync(engine))
+            self._peers.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._peers.listening.wait(), 10)
         self._install(self.rules, await _stored(engine, self.rules))
         if self.rules.rules:
             log.info("%d rules loaded from %s", len(self.rules.rules), self.rules.source)
@@ -67,6 +77,25 @@ class ActiveRules:
             log.info("rules reloaded: %d rules from %s", len(rules.rules), rules.source)
             return rules
 
+    async def stop(self) -> None:
+        if self._peers is not None:
+            await self._peers.stop()
+
+    def changed_elsewhere(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Another replica changed these (rule, device) states: our cached values for them are unknown."""
+        for rule_name, device in keys:
+            try:
+                route = self.rules[rule_name].route
+            except KeyError:
+                continue
+            stage = self.hooks.get(route)
+            if isinstance(stage, RouteStage):
+                stage.forget(device)
+
+    async def _resync(self, engine: AsyncEngine) -> None:
+        async with self._lock:
+            self._install(self.rules, await _stored(engine, self.rules))
+
     def committed(self, batch: Sequence[Pending]) -> None:
         """After-commit observer: a message the database refused (a dead letter of stage "storage")
         lost its RuleRecord, so its device's cached values may be ahead of the stored state."""
@@ -81,7 +110,7 @@ class ActiveRules:
 
     def _install(self, rules: RuleSet, stored: list[dict[str, Any]]) -> None:
         fresh: dict[str, Hook] = {
-            name: RouteStage(route_rules, stored_entries(route_rules, stored))
+            name: RouteStage(route_rules, stored_entries(route_rules, stored), self.origin)
             for name, route_rules in rules.by_route.items()
         }
         self.hooks.clear()

@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 
 from service.records import RuleRecord
-from service.rules import metrics
+from service.rules import metrics, peers
 
 # Creates the batch's missing state rows and locks all of them, in key order, in one statement: the
 # no-op DO UPDATE takes the row lock (as FOR UPDATE would) and RETURNING gives the stored values.
@@ -38,6 +38,8 @@ ORDER BY r, d, i
 ON CONFLICT (rule, device_id, relay) DO UPDATE SET value = s.value
 RETURNING s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_at
 """
+
+NOTIFY = "SELECT pg_notify($1 || ':' || current_schema(), $2)"
 
 # The new states and the firings, in one statement.
 WRITE = """
@@ -111,6 +113,9 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord]) -> None
     changed = [(*k, s.value, s.changed_at, s.since, s.fired_at) for k, s in current.items() if s.changed]
     if changed:
         await conn.execute(WRITE, *_columns(changed, 7), *_columns(firings, 8))
+        # Delivered at commit (and never if we roll back): other replicas' caches learn of it.
+        for payload in peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed})):
+            await conn.execute(NOTIFY, peers.CHANNEL, payload)
     if firings:
         metrics.count_firings(firings)
 

@@ -42,8 +42,11 @@ _RAW, _NEWEST, _DEADLINE, _STATE, _PENDING, _QUIET = range(6)
 class RouteStage:
     """The hook of one route: `(ctx, records) -> records`, a RuleRecord appended when rules changed."""
 
-    def __init__(self, rules: RouteRules, stored: Mapping[tuple[str, int], list[Any]] | None = None) -> None:
+    def __init__(
+        self, rules: RouteRules, stored: Mapping[tuple[str, int], list[Any]] | None = None, origin: str = ""
+    ) -> None:
         self.rules = rules
+        self._origin = origin
         self._evaluate = rules.evaluate
         self._any_true = rules.any_true
         self._relay = rules.relay_param
@@ -51,6 +54,8 @@ class RouteStage:
         self._stored = dict(stored or {})  # (device, relay) -> entry, from rule_state at load
         self._applies: dict[str, tuple[bool, ...]] = {}
         self._failed: set[str] = set()
+        self._relays: dict[str, list[Any]] = {}  # device -> its cache keys, on routes with a relay
+        self._unknown: set[str] = set()  # devices whose state another process (or a refusal) changed
 
     def __call__(self, ctx: MessageContext, records: Outcome) -> Outcome:
         try:
@@ -99,7 +104,10 @@ class RouteStage:
             entry = self._entry(device, relay)
             if len(self._cache) >= _MAX_KEYS:
                 self._cache.clear()
+                self._relays.clear()
             self._cache[key] = entry
+            if self._relay is not None:
+                self._relays.setdefault(device, []).append(key)
         if ts <= entry[_NEWEST]:
             return records  # late or repeated
         applies = self._applies.get(device)
@@ -130,25 +138,35 @@ class RouteStage:
         if not changes:
             return records
         context = _context(ctx) if any(v for _, v in changes) else None
-        return [*records, RuleRecord(device, relay, ts, tuple(changes), context)]
+        return [*records, RuleRecord(device, relay, ts, tuple(changes), context, self._origin)]
 
     def forget(self, device: str) -> None:
         """The device's values are unknown again (its RuleRecord was not stored): the next report of
         each rule is sent on, and the stored state decides."""
         unknown: list[bool | None] = [None] * len(self.rules.rules)
-        for key, entry in self._cache.items():
-            if key == device or (isinstance(key, tuple) and key[0] == device):
+        if len(self._unknown) >= _MAX_KEYS:
+            self._unknown.clear()
+        self._unknown.add(device)  # for the keys of the device not in the cache yet (other relays)
+        keys = [device] if self._relay is None else self._relays.get(device, ())
+        for key in keys:
+            entry = self._cache.get(key)
+            if entry is not None:
                 entry[_RAW], entry[_DEADLINE], entry[_STATE], entry[_PENDING], entry[_QUIET] = (
                     None, None, list(unknown), {}, False)  # fmt: skip
-        for key, entry in self._stored.items():
-            if key[0] == device:
-                entry[_STATE], entry[_QUIET] = list(unknown), False
+        if self._relay is None:
+            stored_keys: list[tuple[str, int]] = [(device, -1)] if (device, -1) in self._stored else []
+        else:
+            stored_keys = [k for k in self._stored if k[0] == device]
+        for stored_key in stored_keys:
+            entry = self._stored[stored_key]
+            entry[_STATE], entry[_QUIET] = list(unknown), False
 
     def _entry(self, device: str, relay: int) -> list[Any]:
         stored: list[Any] | None = self._stored.pop((device, relay), None)
         if stored is not None:
             return stored
-        return [None, _OLDEST, None, [False] * len(self.rules.rules), {}, False]
+        initial: bool | None = None if device in self._unknown else False
+        return [None, _OLDEST, None, [initial] * len(self.rules.rules), {}, False]
 
     def _one_by_one(self, model: Any, params: Mapping[str, Any]) -> tuple[bool | None, ...]:
         out: list[bool | None] = []
