@@ -133,6 +133,47 @@ def stage_per_message(rules_file: str, n: int = 50_000) -> float:
     return statistics.median(times)
 
 
+def pipeline_per_message(rules_file: str | None, n: int = 50_000) -> float:
+    """CPU µs per referee telemetry message through the whole pipeline (route, validate, handler,
+    and the rules' stage when a file is given): the service's per-message work before the writer."""
+    import asyncio
+    from pathlib import Path
+
+    from service.mqtt.message import InboundMessage
+    from service.pipeline import Pipeline
+    from service.routes import build_router
+    from service.rules.loader import load_text
+    from service.rules.stage import RouteStage
+
+
+    def referee_message(k: int, devices: int = 500) -> tuple[str, bytes]:
+        """The referee harness's telemetry message k (its loadgen.message(), same payload bytes)."""
+        d, s = k % devices, k // devices
+        did = f"ESP32_{d:03d}"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1738022400 + s)) + f".{d % 1000:03d}Z"
+        t, h = round(18 + ((d * 37 + s * 11) % 200) / 10, 1), round(30 + ((d * 13 + s * 7) % 400) / 10, 1)
+        v, m = round(3 + ((d * 7 + s * 3) % 50) / 100, 2), 40000 + (d * 101 + s * 17) % 10000
+        body = (f'{{"device_id": "{did}", "temperature": {t:.1f}, "humidity": {h:.1f}, "voltage": {v:.2f}, '
+                f'"memory_free": {m}, "timestamp": "{stamp}"}}')  # fmt: skip
+        return f"autocore/{did}/telemetry", body.encode()
+
+    router = build_router("autocore")
+    hooks: dict[str, object] = {}
+    if rules_file:
+        rules = load_text(Path(rules_file).read_text(), router)
+        hooks = {name: RouteStage(r) for name, r in rules.by_route.items()}
+    pipeline = Pipeline(router, after=hooks)  # type: ignore[arg-type]
+    messages = [InboundMessage(*referee_message(k), 1, False, 0.0) for k in range(n)]
+
+    async def run() -> float:
+        start = time.process_time()
+        for message in messages:
+            await pipeline.process(message)
+        return (time.process_time() - start) / n * 1e6
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     candidates: list[tuple[str, Callable[[list[str]], Callable[[], object]], list[str]]] = [
         ("simpleeval 1.0 (SimpleEval, parsed once)", simpleeval_candidate, PY_CONDITIONS),
@@ -146,6 +187,17 @@ def main() -> None:
         one = per_message(make(conditions[:1]))
         twenty = per_message(make(conditions), n=5_000)
         print(f"{name:60} {one:10.2f} {twenty:12.2f}", flush=True)
+    print("\nCPU µs per referee telemetry message through the pipeline (median of 5, alternating):")
+    files = {"no rules": None, "never-20": "bench/rules/never-20.yaml",
+             "never-20 + fires-1pct": "bench/rules/never-20-fires-1pct.yaml"}  # fmt: skip
+    samples: dict[str, list[float]] = {k: [] for k in files}
+    for _ in range(5):
+        for label, path in files.items():
+            samples[label].append(pipeline_per_message(path))
+    base = statistics.median(samples["no rules"])
+    for label, values in samples.items():
+        cost = statistics.median(values)
+        print(f"  {label:24} {cost:6.2f} µs ({cost - base:+.2f})", flush=True)
     print("\nthe service's rules stage per message (compiled conditions, cache, records), bench/rules/*.yaml:")
     for name in ("never-20.yaml", "never-20-fires-1pct.yaml"):
         print(f"  {name:30} {stage_per_message(f'bench/rules/{name}'):6.2f} µs", flush=True)

@@ -1,7 +1,7 @@
 """Rule state per (rule, device, relay), derived in the writer's transaction against the stored state.
 
 `apply()` runs inside the batch's transaction (BatchWriter._execute), so a firing is committed with
-the messages that caused it or not at all. Two statements per batch with changes, none without:
+the messages that caused it or not at all. Three statements per batch with changes, none without:
 the state rows of the batch's keys are created if missing and locked, in key order (`INSERT … ON
 CONFLICT DO UPDATE` with a no-op update: a concurrent writer of the same key waits for our commit);
 each change is then applied in device-time order:
@@ -11,6 +11,9 @@ each change is then applied in device-time order:
 * false -> true records the episode's start (`since`) and, without `for:`, fires;
 * with `for:`, a report at `since + for` or later of the same episode fires (once: `fired_at`);
 * true -> false ends the episode.
+
+The changed (rule, device) keys are then announced with `pg_notify` (delivered at commit) so that
+other replicas' caches learn of them (service/rules/peers.py).
 
 A firing is a `rule_firings` row with its rendered actions and status `pending`, unique per
 (rule, device, relay, since): the seam where the notification outbox (issue 11) takes over. Nothing
