@@ -94,6 +94,11 @@ def main() -> None:
                     referee.main()
                 finally:
                     sys.argv = saved
+                if VARIANTS[name] is not None:
+                    counts = "SELECT (SELECT count(*) FROM autocore_bench.rule_firings), " \
+                             "(SELECT count(*) FROM autocore_bench.rule_state)"
+                    ((fired, states),) = driver.psql(pg_port, counts)
+                    print(f"# {name}: {fired} rule firings, {states} rule states stored", flush=True)
                 lines = results.read_text().splitlines()
                 for line in lines[seen:]:
                     row = json.loads(line)
