@@ -65,6 +65,8 @@ class Settings(BaseSettings):
 
     # Devices the in-memory fleet cache keeps (answers while the database is away); 0 = no cache.
     fleet_cache_max_devices: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    # Automation rules (YAML, docs/rules.md); unset = no rules. Re-read on POST /rules/reload and SIGHUP.
+    rules_file: Annotated[str, Field(min_length=1)] | None = None
 
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
 

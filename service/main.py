@@ -11,7 +11,10 @@ from sqlalchemy.engine import make_url
 
 from service import logs
 from service.api import alerts, dead_letters, devices, errors, health, metrics, routes_table, security
+from service.api import rules as rules_api
 from service.config import Settings, load_settings
+from service.routes import build_router
+from service.rules.active import ActiveRules
 from service.runtime import Runtime
 
 log = logging.getLogger("service")
@@ -20,10 +23,12 @@ log = logging.getLogger("service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.mqtt_monitor_log_level)
+    # A bad rules file stops start-up here, with one line (RulesError), like a bad setting.
+    rules = ActiveRules(settings.rules_file, build_router(settings.mqtt_topic_prefix))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(settings)
+        runtime = Runtime.build(settings, rules)
         app.state.runtime = runtime
         log.info(
             "starting: broker %s:%s, database %s",
@@ -48,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (docs/security.md): a router added later is protected by being included the same way.
     app.include_router(health.router)
     app.include_router(metrics.router, dependencies=[security.METRICS])
-    for module in (devices, routes_table, dead_letters, alerts):
+    for module in (devices, routes_table, dead_letters, alerts, rules_api):
         app.include_router(module.router, dependencies=[security.READ])
 
     errors.install(app)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,8 @@ from service.routing.router import Route, Router
 log = logging.getLogger(__name__)
 
 Outcome = Sequence[Record]
+# After a route's handler: may add records (the rules' stage, service/rules/stage.py). Never raises.
+AfterHandler = Callable[["MessageContext", Outcome], Outcome]
 
 _MAX_ERROR_TEXT = 2_000
 OWN = "own"  # the route name of messages on the service's own topics (Router.own_topics)
@@ -100,9 +102,13 @@ async def _validate_and_handle(ctx: MessageContext) -> Outcome:
 
 
 class Pipeline:
-    def __init__(self, router: Router, middleware: Sequence[Middleware] = ()) -> None:
+    def __init__(
+        self, router: Router, middleware: Sequence[Middleware] = (), after: Mapping[str, AfterHandler] | None = None
+    ) -> None:
         self.router = router
         self._chain = compose(middleware, _validate_and_handle)
+        # Route name -> hook; routes without one pay a dict lookup. The owner may change its contents.
+        self._after: Mapping[str, AfterHandler] = after if after is not None else {}
 
     async def process(self, message: InboundMessage) -> tuple[str | None, Outcome]:
         """The route's name (None if none matched) and the records to store for the message."""
@@ -114,9 +120,11 @@ class Pipeline:
         ctx = MessageContext(message, found[0], found[1])
         name = ctx.route.name
         try:
-            return name, await self._chain(ctx)
+            records = await self._chain(ctx)
         except IngestError as exc:
             return name, [dead_letter(message, exc)]
         except Exception as exc:  # a handler bug must not stop ingestion: keep the message
             log.exception("handler for route %s failed", name)
             return name, [dead_letter(message, exc, stage="handler")]
+        after = self._after.get(name)
+        return name, (records if after is None else after(ctx, records))

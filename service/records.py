@@ -8,7 +8,7 @@ transposes into per-column arrays with one `zip(*records)`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class StatusRecord(NamedTuple):
@@ -78,4 +78,15 @@ class DeadLetterRecord(NamedTuple):
     digest: bytes
 
 
-Record = StatusRecord | TelemetryRecord | RelayRecord | DisplayRecord | SystemRecord | DeadLetterRecord
+class RuleRecord(NamedTuple):
+    """Rules whose value changed for a device (or one of its relays) with this message (service/rules/stage.py)."""
+
+    device_id: str
+    relay: int  # -1 on routes without a relay
+    ts: datetime  # the device's time
+    changes: tuple[tuple[Any, bool], ...]  # (rules.loader.CompiledRule, new value)
+    context: dict[str, Any] | None  # what the actions' templates may use; only when a rule turned true
+    origin: str  # the rules instance whose cache sent it (other replicas are told of the change)
+
+
+Record = StatusRecord | TelemetryRecord | RelayRecord | DisplayRecord | SystemRecord | DeadLetterRecord | RuleRecord

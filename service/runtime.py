@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from service.notify.webhook import WebhookChannel
 from service.pipeline import Pipeline
 from service.routes import DEFAULT_MIDDLEWARE, build_router
 from service.routing.router import Router
+from service.rules.active import ActiveRules
+from service.rules.loader import RulesError
 from service.storage.db import create_engine, ping
 from service.storage.migrate import upgrade_to_head
 from service.storage.writer import BatchWriter, Pending
@@ -44,6 +48,7 @@ class Runtime:
     router: Router
     ingestor: Ingestor
     transport: MqttTransport | None
+    rules: ActiveRules
     outbox: Outbox = field(default_factory=Outbox)
     sender: Sender | None = None
     sweeper: Sweeper | None = None
@@ -53,15 +58,18 @@ class Runtime:
     db_ok: bool = True
     # Sessions of the HTTP API's reads (one per request); the writer keeps its own connection.
     sessions: async_sessionmaker[AsyncSession] = field(init=False)
+    _reloads: set[asyncio.Future[None]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    def build(cls, settings: Settings, rules: ActiveRules | None = None) -> Runtime:
         engine = create_engine(settings)
         # Our own alert topic is not a device's: acknowledged, never routed or dead-lettered.
         router = build_router(settings.mqtt_topic_prefix, own_topics=[settings.alert_topic])
+        # Loaded before anything starts: a bad rules file stops start-up with one line (RulesError).
+        rules = rules if rules is not None else ActiveRules(settings.rules_file, router)
         outbox = Outbox.from_settings(settings)
         watch = Watch(
             outbox,
@@ -85,7 +93,7 @@ class Runtime:
         # The ingestor is the writer's first after-commit observer (acknowledgements); anything else
         # that reacts to committed batches registers with `writer.observe()` after it.
         ingestor = Ingestor(
-            Pipeline(router, DEFAULT_MIDDLEWARE),
+            Pipeline(router, DEFAULT_MIDDLEWARE, after=rules.hooks),
             writer,
             ack=transport.ack if transport is not None else _no_ack,
             hold_reading=transport.hold_reading if transport is not None else _no_hold,
@@ -125,8 +133,18 @@ class Runtime:
             on_notified=sender.wake,
             on_changed=fleet.read_again if fleet is not None else lambda _ids: None,
         )
+        writer.observe(rules.committed)
         return cls(
-            settings, engine, router, ingestor, transport, outbox=outbox, sender=sender, sweeper=sweeper, fleet=fleet
+            settings,
+            engine,
+            router,
+            ingestor,
+            transport,
+            rules,
+            outbox=outbox,
+            sender=sender,
+            sweeper=sweeper,
+            fleet=fleet,
         )
 
     async def start(self) -> None:
@@ -148,6 +166,8 @@ class Runtime:
             except Exception as exc:
                 log.warning("fleet cache: database unavailable at start (%s); filling it later", exc.__class__.__name__)
                 self.fleet.start_loading(self.engine)
+        await self.rules.start(self.engine)
+        self._watch_sighup(True)
         self.ingestor.start()
         if self.transport is not None:
             self.transport.start(self.ingestor.submit)
@@ -158,7 +178,29 @@ class Runtime:
         if self.sender is not None:
             self.sender.start()  # delivers what an earlier run left undelivered, too
 
+    async def reload_rules(self) -> None:
+        """SIGHUP: read RULES_FILE again; a bad file is logged and the old rules stay."""
+        with contextlib.suppress(RulesError):
+            await self.rules.reload(self.engine)
+
+    def _watch_sighup(self, on: bool) -> None:
+        if not self.settings.rules_file:
+            return
+        loop = asyncio.get_running_loop()
+        # Not available off the main thread (or on Windows): reloading is then POST /rules/reload only.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            if on:
+                loop.add_signal_handler(signal.SIGHUP, self._sighup)
+            else:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    def _sighup(self) -> None:
+        task = asyncio.ensure_future(self.reload_rules())
+        self._reloads.add(task)  # held until done (the loop keeps only a weak reference)
+        task.add_done_callback(self._reloads.discard)
+
     async def stop(self) -> None:
+        self._watch_sighup(False)
         grace = self.settings.shutdown_grace_seconds
         if self.sweeper is not None:
             await self.sweeper.stop()
@@ -179,6 +221,7 @@ class Runtime:
         await self.ingestor.stop()
         if self.fleet is not None:
             await self.fleet.stop()
+        await self.rules.stop()
         await self.ingestor.writer.close()
         await self.engine.dispose()
 

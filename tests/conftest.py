@@ -135,6 +135,7 @@ def make_settings(database_url: str, broker_port: int, ns: str, **overrides: Any
         "api_token": None,  # not from the environment: the tests say when there is one
         "api_read_token": None,
         "metrics_token": None,
+        "rules_file": None,  # likewise
         "_env_file": None,
     }
     values.update(overrides)

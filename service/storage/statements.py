@@ -16,6 +16,7 @@ from service.records import (
     DisplayRecord,
     Record,
     RelayRecord,
+    RuleRecord,
     StatusRecord,
     SystemRecord,
     TelemetryRecord,
@@ -87,6 +88,7 @@ class Grouped:
     display: list[DisplayRecord] = field(default_factory=list)
     system: list[SystemRecord] = field(default_factory=list)
     dead: list[DeadLetterRecord] = field(default_factory=list)
+    rules: list[RuleRecord] = field(default_factory=list)
     # device -> when we last heard from it in this batch (our clock: devices' clocks drift)
     seen: dict[str, float] = field(default_factory=dict)
 
@@ -101,6 +103,7 @@ _BUCKET = {
     DisplayRecord: "display",
     SystemRecord: "system",
     DeadLetterRecord: "dead",
+    RuleRecord: "rules",
 }
 
 

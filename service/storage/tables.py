@@ -236,3 +236,43 @@ class Notification(Base):
         Index(None, "event_id", "channel", "target", unique=True),
         Index(None, "status", "id"),
     )
+
+
+class RuleState(Base):
+    """Edge state of one rule for one device (and relay): written with the batch (service/rules/engine.py)."""
+
+    __tablename__ = "rule_state"
+
+    rule: Mapped[str] = mapped_column(Key, primary_key=True)
+    device_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    relay: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1 on routes without a relay
+    value: Mapped[bool] = mapped_column(Boolean)
+    # Device time of the newest change; reports not newer than it never apply.
+    changed_at: Mapped[datetime | None] = mapped_column(TS)
+    since: Mapped[datetime | None] = mapped_column(TS)  # start of the current true episode
+    fired_at: Mapped[datetime | None] = mapped_column(TS)  # device time the episode fired (once)
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+class RuleFiring(Base):
+    """A rule firing with its rendered actions; `pending` until the outbox (issue 11) carries them out."""
+
+    __tablename__ = "rule_firings"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(Key)
+    device_id: Mapped[str] = mapped_column(Key)
+    relay: Mapped[int] = mapped_column(Integer)
+    since: Mapped[datetime] = mapped_column(TS)  # the episode: one firing each
+    ts: Mapped[datetime] = mapped_column(TS)  # device time of the report that fired it
+    severity: Mapped[str] = mapped_column(Text)
+    actions: Mapped[list[dict[str, object]]] = mapped_column(JSONB)
+    context: Mapped[dict[str, object]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    recorded_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+    __table_args__ = (
+        Index(None, "rule", "device_id", "relay", "since", unique=True),
+        Index(None, "rule", "id"),
+        Index(None, "status", "id"),
+    )

@@ -33,6 +33,7 @@ from service.mqtt.backoff import full_jitter
 from service.mqtt.message import InboundMessage
 from service.pipeline import dead_letter
 from service.records import Record
+from service.rules import engine as rules_engine
 from service.storage import statements as sql
 from service.watch.liveness import Watch
 
@@ -337,6 +338,8 @@ class BatchWriter:
             await conn.execute(sql.INSERT_SYSTEM, *sql.columns(g.system, 6))
         if g.dead:
             await conn.execute(sql.INSERT_DEAD_LETTERS, *sql.columns(sql.merged_dead_letters(g.dead), 9))
+        if g.rules:
+            await rules_engine.apply(conn, g.rules)
 
 
 class _Redelivered(Exception):

@@ -22,7 +22,7 @@ from tests.support.broker import free_port
 
 # Settings of the service: dropped from the inherited environment so only the test's own apply.
 _OWN_PREFIXES = ("MQTT_", "DATABASE_", "DB_", "WRITER_", "DEVICE_", "SHUTDOWN_", "API_", "HEALTH_", "ALERT_", "NOTIFY_",
-                 "CRITICAL_")  # fmt: skip
+                 "CRITICAL_", "RULES_")  # fmt: skip
 
 
 class ServiceProcess:

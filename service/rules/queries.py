@@ -1,0 +1,46 @@
+"""Reads of rule state and firings for the API (bound parameters only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+_COUNTS = """
+SELECT rule, count(*) AS fired, max(recorded_at) AS last_fired_at FROM rule_firings
+WHERE rule = ANY(:names) GROUP BY rule
+"""
+_STATES = """
+SELECT rule, device_id, relay, value, changed_at, since, fired_at FROM rule_state
+WHERE rule = ANY(:names) AND changed_at IS NOT NULL ORDER BY rule, device_id, relay LIMIT :limit
+"""
+_FIRINGS = """
+SELECT id, rule, device_id, relay, since, ts, severity, actions, context, status, recorded_at FROM rule_firings
+WHERE rule = :rule AND (CAST(:device AS text) IS NULL OR device_id = :device)
+ORDER BY id DESC LIMIT :limit OFFSET :offset
+"""
+_FIRINGS_TOTAL = (
+    "SELECT count(*) FROM rule_firings WHERE rule = :rule AND (CAST(:device AS text) IS NULL OR device_id = :device)"
+)
+
+
+async def summaries(
+    session: AsyncSession, names: Sequence[str], state_limit: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    counts = {r["rule"]: dict(r) for r in (await session.execute(text(_COUNTS), {"names": list(names)})).mappings()}
+    states: dict[str, list[dict[str, Any]]] = {}
+    rows = await session.execute(text(_STATES), {"names": list(names), "limit": state_limit})
+    for r in rows.mappings():
+        states.setdefault(r["rule"], []).append(dict(r))
+    return counts, states
+
+
+async def firings(
+    session: AsyncSession, rule: str, device: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    params = {"rule": rule, "device": device, "limit": limit, "offset": offset}
+    rows = [dict(r) for r in (await session.execute(text(_FIRINGS), params)).mappings()]
+    total = (await session.execute(text(_FIRINGS_TOTAL), params)).scalar_one()
+    return rows, int(total)
