@@ -19,7 +19,7 @@ log = logging.getLogger("service")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    logs.configure(settings.mqtt_monitor_log_level)
+    logs.configure(settings.mqtt_monitor_log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -42,3 +42,17 @@ DEAD_LETTER_REPLAYS = Counter(
 )
 for _outcome in ("resolved", "failed"):
     DEAD_LETTER_REPLAYS.labels(_outcome)  # both series exist from the start, at 0
+RATE_LIMITED = Counter(
+    "autocore_rate_limited_total",
+    "Messages over a rate limit: acknowledged, not stored (one dead-letter row per window)",
+    ["route"],
+)
+RATE_LIMIT_BACKEND_ERRORS = Counter(
+    "autocore_rate_limit_backend_errors_total", "Batches let through unlimited because the rate-limit backend failed"
+)
+RATE_LIMIT_BACKEND_UP = Gauge(
+    "autocore_rate_limit_backend_up", "1 while the rate-limit backend (Redis) answers; 1 for the in-process one"
+)
+MQTT_TAKEOVERS = Counter(
+    "autocore_mqtt_session_takeovers_total", "Broker connections lost because another client connected with our id"
+)

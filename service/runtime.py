@@ -8,16 +8,19 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service import metrics
 from service.config import Settings
 from service.ingest import Ingestor
+from service.mqtt import client_id
 from service.mqtt.message import InboundMessage
-from service.mqtt.transport import ConnectionState, MqttTransport
+from service.mqtt.transport import ConnectionState, MqttTransport, shared_filters
 from service.pipeline import Pipeline
-from service.routes import DEFAULT_MIDDLEWARE, build_router
+from service.routes import ROUTE_NAMES, build_router
+from service.routing.middleware.setup import RoutingMiddleware, build_middleware
 from service.routing.router import Router
 from service.storage.db import create_engine, ping
 from service.storage.migrate import upgrade_to_head
@@ -36,10 +39,12 @@ class Runtime:
     router: Router
     ingestor: Ingestor
     transport: MqttTransport | None
+    middleware: RoutingMiddleware = field(default_factory=RoutingMiddleware)
     started_at: float = field(default_factory=time.time)
     db_ok: bool = True
     # Sessions of the HTTP API's reads (one per request); the writer keeps its own connection.
     sessions: async_sessionmaker[AsyncSession] = field(init=False)
+    _client_id_lock: IO[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -47,7 +52,8 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings)
-        router = build_router(settings.mqtt_topic_prefix)
+        middleware = build_middleware(settings, ROUTE_NAMES)
+        router = build_router(settings.mqtt_topic_prefix, route_middleware=middleware.per_route)
         writer = BatchWriter(
             engine,
             batch_size=settings.writer_batch_size,
@@ -59,17 +65,21 @@ class Runtime:
         )
         transport: MqttTransport | None = None
         if settings.mqtt_monitor_enabled:
-            transport = MqttTransport(settings, router.subscriptions(), on_state_change=_ConnectionMetrics())
+            transport = MqttTransport(
+                settings,
+                shared_filters(router.subscriptions(), settings.mqtt_shared_group),
+                on_state_change=_ConnectionMetrics(),
+            )
         # The ingestor is the writer's first after-commit observer (acknowledgements); anything else
         # that reacts to committed batches registers with `writer.observe()` after it.
         ingestor = Ingestor(
-            Pipeline(router, DEFAULT_MIDDLEWARE),
+            Pipeline(router),
             writer,
             ack=transport.ack if transport is not None else _no_ack,
             hold_reading=transport.hold_reading if transport is not None else _no_hold,
             window=settings.mqtt_receive_maximum,
         )
-        return cls(settings, engine, router, ingestor, transport)
+        return cls(settings, engine, router, ingestor, transport, middleware)
 
     async def start(self) -> None:
         if self.settings.db_migrate_on_start:
@@ -83,6 +93,9 @@ class Runtime:
         # before it dies. Scanning once per 50 000 allocations measured about -10% CPU per
         # message at the same peak RSS (bench/, telemetry, 400 000 messages).
         gc.set_threshold(50_000, 20, 100)
+        if self.transport is not None:
+            s = self.settings
+            self._client_id_lock = client_id.claim(s.client_id, s.mqtt_broker_host, s.mqtt_broker_port)
         self.ingestor.start()
         if self.transport is not None:
             self.transport.start(self.ingestor.submit)
@@ -103,7 +116,11 @@ class Runtime:
             await self.transport.stop()
         await self.ingestor.stop()
         await self.ingestor.writer.close()
+        await self.middleware.close()
         await self.engine.dispose()
+        if self._client_id_lock is not None:
+            client_id.release(self._client_id_lock)
+            self._client_id_lock = None
 
     async def check_database(self) -> bool:
         try:
