@@ -198,5 +198,6 @@ def test_every_replica_took_a_share(outcome: Outcome) -> None:
 )
 def test_connectivity_events_are_what_one_consumer_records(outcome: Outcome) -> None:
     missing, extra = outcome.traffic.events - outcome.events, outcome.events - outcome.traffic.events
-    assert (len(missing), len(extra)) == (0, 0), f"{len(outcome.traffic.events)} expected: {sorted(missing)[:5]} missing"
+    expected = len(outcome.traffic.events)
+    assert (len(missing), len(extra)) == (0, 0), f"of {expected}: {len(missing)} missing, e.g. {sorted(missing)[:3]}"
 
