@@ -38,14 +38,18 @@ def test_shared_filters_and_client_id_placeholders() -> None:
 
 def test_one_client_id_per_process_group() -> None:
     held = client_id.claim("takeover-test-id", "127.0.0.1", 1)
+    assert held is not None
     try:
         with pytest.raises(client_id.ClientIdInUse, match="already subscribes as MQTT client id"):
             client_id.claim("takeover-test-id", "127.0.0.1", 1)
         other = client_id.claim("takeover-test-id-2", "127.0.0.1", 1)  # ids of their own: fine
+        assert other is not None
         client_id.release(other)
     finally:
         client_id.release(held)
-    client_id.release(client_id.claim("takeover-test-id", "127.0.0.1", 1))  # free again once released
+    again = client_id.claim("takeover-test-id", "127.0.0.1", 1)  # free again once released
+    assert again is not None
+    client_id.release(again)
 
 
 async def _connects(svc: ServiceProcess) -> int:

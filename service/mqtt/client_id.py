@@ -14,20 +14,27 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import tempfile
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 
 class ClientIdInUse(SystemExit):
     """Start-up stops here: another worker of this process group holds the client id."""
 
 
-def claim(client_id: str, host: str, port: int) -> IO[bytes]:
+def claim(client_id: str, host: str, port: int) -> IO[bytes] | None:
     """Lock (client id, broker) for this process group; keep the returned file open while running."""
     key = hashlib.blake2b(f"{host}:{port}/{client_id}".encode(), digest_size=8).hexdigest()
     path = os.path.join(tempfile.gettempdir(), f"autocore-monitor-{os.getuid()}-{os.getpgrp()}-{key}.lock")
-    handle = open(path, "ab")  # noqa: SIM115 (held open for the life of the runtime)
+    try:
+        handle = open(path, "ab")  # noqa: SIM115 (held open for the life of the runtime)
+    except OSError as exc:  # no writable temporary directory: the takeover detection still works
+        log.warning("cannot check that this worker's MQTT client id is its own (%s)", exc)
+        return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
