@@ -155,4 +155,7 @@ class Pipeline:
                 else:
                     entry[1].append(ctx)
         for mw, group in by_mw.values():
-            await mw.prepare(group)
+            try:
+                await mw.prepare(group)
+            except Exception:  # a middleware bug must not stop ingestion: its messages run unprepared
+                log.exception("middleware %r failed to prepare a batch of %d messages", mw, len(group))

@@ -103,6 +103,14 @@ async def test_fixed_window(make_backend: Any) -> None:
     assert len(rows) == 3
 
 
+async def test_an_old_message_does_not_reset_the_current_window(make_backend: Any) -> None:
+    # A dead letter replayed later carries its old receive time: it counts in the current window.
+    rule = RateRule(route="telemetry", limit=3, window_seconds=1, strategy="fixed_window")
+    p = pipeline(RateLimiter([rule], make_backend()))
+    stored, _ = await run(p, [at(T0 + 5, 2), at(T0, 1), at(T0 + 5.5, 3)])
+    assert stored["A"] == 3
+
+
 async def test_sliding_window(make_backend: Any) -> None:
     rule = RateRule(route="telemetry", limit=10, window_seconds=1, strategy="sliding_window")
     p = pipeline(RateLimiter([rule], make_backend()))

@@ -109,14 +109,17 @@ def _decide(rule: RateRule, state: list[float] | None, t: float) -> tuple[bool, 
         if tokens >= 1 - _EPS:
             return True, [tokens - 1, last]
         return False, [tokens, last]
-    w = math.floor(t / win)
-    if rule.strategy == "fixed_window":
-        count = state[1] if state is not None and state[0] == w else 0
-        if count < rule.limit:
-            return True, [w, count + 1]
-        return False, [w, count]
-    # sliding window counter: the previous window's count, weighted by how much of it still overlaps
+    w = float(math.floor(t / win))
     start: float
+    if rule.strategy == "fixed_window":
+        if state is None or w > state[0]:
+            start, count = w, 0.0
+        else:  # this window, or an older time (a replay): counted in the current one, never resetting it
+            start, count = state[0], state[1]
+        if count < rule.limit:
+            return True, [start, count + 1]
+        return False, [start, count]
+    # sliding window counter: the previous window's count, weighted by how much of it still overlaps
     if state is None or w > state[0] + 1:
         start, prev, cur = w, 0.0, 0.0
     elif w == state[0] + 1:
@@ -187,7 +190,7 @@ while p <= #ARGV do
   else
     local w = math.floor(t / win)
     if kind == 1 then
-      if s[1] ~= w then s[1] = w; s[2] = 0 end
+      if s[1] == nil or w > s[1] then s[1] = w; s[2] = 0 end
       if s[2] < limit then s[2] = s[2] + 1; ok = 1 end
     else
       if s[1] == nil or w > s[1] + 1 then s[1] = w; s[2] = 0; s[3] = 0
@@ -295,7 +298,10 @@ class RateLimiter:
         return ctx.route.name
 
     async def prepare(self, contexts: Sequence[MessageContext]) -> None:
-        self._limited.clear()
+        # Verdicts are popped as their messages run through; a batch that never ran (a failure in
+        # between) must not leave them to grow.
+        if len(self._limited) > _MEMORY_KEYS:
+            self._limited.clear()
         requests: list[Request] = []
         owners: list[MessageContext] = []
         exempt = self._exempt
