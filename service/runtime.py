@@ -95,7 +95,11 @@ class Runtime:
         gc.set_threshold(50_000, 20, 100)
         if self.transport is not None:
             s = self.settings
-            self._client_id_lock = client_id.claim(s.client_id, s.mqtt_broker_host, s.mqtt_broker_port)
+            try:
+                self._client_id_lock = client_id.claim(s.client_id, s.mqtt_broker_host, s.mqtt_broker_port)
+            except client_id.ClientIdInUse as exc:
+                log.error("not starting: %s", exc)  # one line to read above uvicorn's traceback
+                raise
         self.ingestor.start()
         if self.transport is not None:
             self.transport.start(self.ingestor.submit)
