@@ -221,6 +221,23 @@ def test_json_log_format_is_one_object_per_line() -> None:
     assert body["time"].endswith("Z")
 
 
-async def test_logging_off_leaves_the_chain_empty(service: ServiceFactory) -> None:
-    async with service(log_messages=False, mqtt_monitor_enabled=False) as svc:
-        assert all(r["middleware"] == [] for r in (await svc.client.get("/routes")).json())
+@pytest.mark.parametrize("on", [True, False])
+async def test_logging_end_to_end(
+    service: ServiceFactory, publisher: Publisher, ns: str, on: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="service.messages"):
+        async with service(log_messages=on) as svc:
+            publisher.publish(f"{ns}/L1/telemetry", {"temperature": 1.5})
+            publisher.publish(f"{ns}/L1/telemetry", b"not json at all")
+            publisher.publish(f"{ns}/L1/status", {"status": "online"})
+            await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 3)
+            chains = {r["name"]: r["middleware"] for r in (await svc.client.get("/routes")).json()}
+    lines = [r for r in caplog.records if r.name == "service.messages"]
+    if not on:
+        assert lines == [] and all(c == [] for c in chains.values())
+        return
+    assert all(c == ["logging"] for c in chains.values())
+    assert sorted((r.levelname, getattr(r, "outcome", None) or getattr(r, "stage", None)) for r in lines) == [
+        ("DEBUG", "dead_letter:decode"), ("DEBUG", "stored"), ("DEBUG", "stored"),
+        ("INFO", None), ("WARNING", "decode"),
+    ]  # fmt: skip
