@@ -69,14 +69,14 @@ async def test_two_processes_with_one_client_id_back_off(
     try:
         first.start()
         await first.wait_health(200)
-        second.start()
+        second.start()  # the same id: from here on they take the session from each other
         await asyncio.sleep(6)
         connects = await _connects(first) + await _connects(second)
         bodies = [(await s.health())[1] for s in (first, second)]
         logs = first.log_text() + second.log_text()
     finally:
+        await asyncio.gather(first.terminate(), second.terminate())
         for s in (first, second):
-            await s.terminate()
             s.close()
     # Without the back-off: hundreds of connects in this time (959 in 25 s measured), each
     # succeeding. With it the loser's pauses double; a handful of connects in 6 s.
