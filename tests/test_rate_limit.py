@@ -18,7 +18,8 @@ from service.mqtt.message import InboundMessage
 from service.pipeline import Pipeline
 from service.records import DeadLetterRecord
 from service.routes import build_router
-from service.routing.middleware.rate_limit import Backend, MemoryBackend, RateLimiter, RateRule, RedisBackend
+from service.routing.middleware.rate_limit import Backend, MemoryBackend, RateLimiter, RateRule
+from service.routing.middleware.rate_limit_redis import RedisBackend
 from tests.conftest import ServiceFactory, eventually
 from tests.support.publisher import Publisher
 from tests.support.redis_server import RedisServer

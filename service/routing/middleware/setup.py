@@ -15,7 +15,8 @@ from service.config import Settings
 from service.routing.middleware import Middleware
 from service.routing.middleware.hmac import HmacVerifier
 from service.routing.middleware.logging import MessageLogging
-from service.routing.middleware.rate_limit import Backend, MemoryBackend, RateLimiter, RedisBackend
+from service.routing.middleware.rate_limit import Backend, MemoryBackend, RateLimiter
+from service.routing.middleware.rate_limit_redis import RedisBackend
 
 
 @dataclass
