@@ -8,7 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has: anything else on a record came in through `extra=` and is a field.
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+# (uvicorn adds `color_message`: the same text with terminal colours.)
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "taskName", "color_message",
+}  # fmt: skip
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
