@@ -95,6 +95,13 @@ class Runtime:
         gc.set_threshold(50_000, 20, 100)
         if self.transport is not None:
             s = self.settings
+            if s.mqtt_shared_group and "{pid}" in s.mqtt_client_id and s.mqtt_session_expiry > 60:
+                log.warning(
+                    "MQTT_CLIENT_ID contains {pid}: every restart leaves the previous session behind, and "
+                    "brokers that keep sending an absent member its share (Mosquitto, EMQX) hold those "
+                    "messages for MQTT_SESSION_EXPIRY (%ds) and then drop them; prefer a stable id",
+                    s.mqtt_session_expiry,
+                )
             try:
                 self._client_id_lock = client_id.claim(s.client_id, s.mqtt_broker_host, s.mqtt_broker_port)
             except client_id.ClientIdInUse as exc:

@@ -4,7 +4,8 @@ Two workers with the same MQTT client id take the broker session from each other
 (measured before this check: 959 connects in 25 s). Each worker takes an advisory lock named after
 its process group, broker and client id; a second worker of the same group finds it held and stops
 start-up with a line saying what to set. Ids that differ per worker (`{pid}` in MQTT_CLIENT_ID,
-with MQTT_SHARED_GROUP to split the traffic) take different locks. The kernel drops the lock with
+with MQTT_SHARED_GROUP to split the traffic) take different locks, but change at every restart (see
+`docs/routing.md` on what a broker does with the share of a session nobody returns to). The kernel drops the lock with
 the process, so a crash leaves nothing behind.
 
 Across process groups and machines, the transport's takeover detection does the same job.
@@ -41,8 +42,9 @@ def claim(client_id: str, host: str, port: int) -> IO[bytes] | None:
         handle.close()
         raise ClientIdInUse(
             f"another worker of this process group already subscribes as MQTT client id {client_id!r}: "
-            "two would take the broker session from each other. Run one worker, or give each its own id "
-            "(MQTT_CLIENT_ID=autocore-monitor-{hostname}-{pid} with MQTT_SHARED_GROUP=<name>)"
+            "two would take the broker session from each other. Run one worker per process and scale with "
+            "more processes or pods, each with a stable id of its own (MQTT_CLIENT_ID=autocore-monitor-{hostname}) "
+            "and MQTT_SHARED_GROUP=<name>"
         ) from None
     return handle
 
