@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by .ci/run and deploy/run-local.sh: make sure PostgreSQL and Mosquitto are installed and
+# Sourced by .ci/run and deploy/run-local.sh: make sure PostgreSQL, Mosquitto (and Redis) are installed and
 # running on this machine, installing them from Debian's packages if they are missing.
 # Exports PG_ADMIN_URL: a superuser URL (no password) the tests and the local run can use.
 # Starts only what is not running, and never stops anything it did not start.
@@ -74,6 +74,15 @@ ensure_mosquitto() {
         echo "starting Mosquitto on 127.0.0.1:1883" >&2
         _as_root mosquitto -d -c /etc/mosquitto/mosquitto.conf
         for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
+    fi
+}
+
+ensure_redis() {
+    # The tests start Redis servers of their own on free ports (and stop them by PID): only the
+    # binary is needed here. Debian's package also starts one on 6379 (rate limits in a local run).
+    if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+        echo "installing: redis-server" >&2
+        _apt_install --no-install-recommends redis-server
     fi
 }
 

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.routing.middleware.rate_limit import RateRule
+
 _ASYNC_SCHEME = "postgresql+asyncpg"
+DEFAULT_CLIENT_ID = "autocore-monitor"
 
 
 class Settings(BaseSettings):
@@ -28,7 +33,10 @@ class Settings(BaseSettings):
     mqtt_password: SecretStr | None = None
     mqtt_keepalive: Annotated[int, Field(ge=5, le=65535)] = 60
     # Stable by default: the broker keeps our session (and queues messages) across restarts.
-    mqtt_client_id: Annotated[str, Field(min_length=1, max_length=128)] = "autocore-monitor"
+    # May contain {hostname} (the pod name in Kubernetes) and {pid}: see `client_id`.
+    mqtt_client_id: Annotated[str, Field(min_length=1, max_length=128)] = DEFAULT_CLIENT_ID
+    # Shared-subscription group: replicas subscribe $share/<group>/<prefix>/# and split the traffic.
+    mqtt_shared_group: Annotated[str | None, Field(pattern=r"^[^/+#$\s]+$", max_length=64)] = None
     mqtt_topic_prefix: Annotated[str, Field(min_length=1, pattern=r"^[^+#]+$")] = "autocore"
     # How long the broker keeps the session while we are away (seconds); must outlive a restart.
     mqtt_session_expiry: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 86_400
@@ -37,6 +45,11 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 4_000
     mqtt_monitor_enabled: bool = True
     mqtt_monitor_log_level: str = "INFO"
+    # text (default) or json: one JSON object per line for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    # The logging middleware on every route (DEBUG line per message, WARNING per dead letter,
+    # INFO on a status change).
+    log_messages: bool = True
     mqtt_monitor_reconnect_delay: Annotated[float, Field(gt=0, le=3600)] = 5.0
     mqtt_reconnect_max_delay: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     mqtt_connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
@@ -134,6 +147,60 @@ class Settings(BaseSettings):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"not an http(s) URL: {_redact(url)!r}")
         return value
+
+    # Routing middleware: rate limits
+    rate_limits: list[RateRule] = Field(default_factory=list)  # JSON list, see docs/routing.md
+    rate_limit_exempt_devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # globs, comma-separated
+    # Redis shared by the replicas (redis://host:6379/0); unset = limits held in each process.
+    rate_limit_redis_url: SecretStr | None = None
+    rate_limit_redis_timeout: Annotated[float, Field(gt=0, le=10)] = 0.5
+
+    # Routing middleware: HMAC-SHA256 signed envelopes
+    hmac_secret: SecretStr | None = None
+    hmac_secret_previous: SecretStr | None = None  # accepted as well while a fleet rotates keys
+    hmac_required: bool = False  # every route refuses unsigned messages
+    hmac_routes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # routes that refuse unsigned ones
+
+    @field_validator("rate_limit_exempt_devices", "hmac_routes", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _routing(self) -> Settings:
+        from service.routes import ROUTE_NAMES  # the route table, imported late (it imports the handlers)
+
+        for rule in self.rate_limits:
+            if rule.route not in ROUTE_NAMES:
+                raise ValueError(f"RATE_LIMITS: unknown route {rule.route!r} (routes: {', '.join(ROUTE_NAMES)})")
+        unknown = [r for r in self.hmac_routes if r not in ROUTE_NAMES]
+        if unknown:
+            raise ValueError(f"HMAC_ROUTES: unknown route {unknown[0]!r} (routes: {', '.join(ROUTE_NAMES)})")
+        if (self.hmac_required or self.hmac_routes or self.hmac_secret_previous) and not self.hmac_secret:
+            raise ValueError("HMAC_REQUIRED, HMAC_ROUTES and HMAC_SECRET_PREVIOUS need HMAC_SECRET")
+        for name in ("hmac_secret", "hmac_secret_previous"):
+            secret = getattr(self, name)
+            if secret is not None and len(secret.get_secret_value()) < 16:
+                raise ValueError(f"{name.upper()} must be at least 16 characters")
+        if self.mqtt_shared_group and self.mqtt_client_id == DEFAULT_CLIENT_ID:
+            raise ValueError(
+                "MQTT_SHARED_GROUP needs a client id of each replica's own: set MQTT_CLIENT_ID, "
+                "e.g. autocore-monitor-{hostname} (the fixed default would make the replicas take over "
+                "each other's session)"
+            )
+        return self
+
+    @property
+    def client_id(self) -> str:
+        """MQTT_CLIENT_ID with {hostname} and {pid} filled in."""
+        return self.mqtt_client_id.replace("{hostname}", socket.gethostname()).replace("{pid}", str(os.getpid()))
 
     @field_validator("mqtt_monitor_log_level")
     @classmethod
@@ -250,7 +317,7 @@ def _check_tls_query(rest: str) -> None:
 # Settings whose value never appears in an error line.
 _SECRETS = (
     "MQTT_PASSWORD", "DATABASE_URL", "API_TOKEN", "API_READ_TOKEN", "METRICS_TOKEN",
-    "ALERT_WEBHOOK_URLS", "ALERT_WEBHOOK_SECRET",
+    "ALERT_WEBHOOK_URLS", "ALERT_WEBHOOK_SECRET", "HMAC_SECRET", "HMAC_SECRET_PREVIOUS", "RATE_LIMIT_REDIS_URL",
 )  # fmt: skip
 
 
@@ -263,7 +330,9 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        if not first["loc"]:  # a check across settings: its message names them
+            raise SettingsError(f"invalid settings: {first['msg'].removeprefix('Value error, ')}") from None
+        name = str(first["loc"][0]).upper()
         raise SettingsError(
             f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})"
             if name not in _SECRETS

@@ -5,6 +5,7 @@ IngestError (stage)
 ├── PayloadInvalid       validation: JSON that does not fit the route's model
 │   └── TopicMismatch    validation: payload contradicts the topic (device id, relay index)
 ├── NoRoute              route: no route for the topic
+├── AuthFailed           auth: a bad, unknown or missing signature (routing/middleware/hmac.py)
 └── StorageRejected      storage: the database refused the row for good
 """
 
@@ -31,6 +32,10 @@ class TopicMismatch(PayloadInvalid):
 
 class NoRoute(IngestError):
     stage = "route"
+
+
+class AuthFailed(IngestError):
+    stage = "auth"
 
 
 class StorageRejected(IngestError):

@@ -87,7 +87,7 @@ async def system_message(msg: SystemMessage, ctx: MessageContext) -> Outcome:
             kind=ctx.params["kind"],
             ts=ctx.timestamp(msg.timestamp),
             # The object exactly as sent (it parsed, so it is valid UTF-8 JSON).
-            payload=ctx.message.payload.decode(),
+            payload=ctx.payload.decode(),
             digest=ctx.digest(),
             received_at=received_at,
         )

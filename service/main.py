@@ -22,7 +22,7 @@ log = logging.getLogger("service")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    logs.configure(settings.mqtt_monitor_log_level)
+    logs.configure(settings.mqtt_monitor_log_level, settings.log_format)
     # A bad rules file stops start-up here, with one line (RulesError), like a bad setting.
     rules = ActiveRules(settings.rules_file, build_router(settings.mqtt_topic_prefix))
 

@@ -69,3 +69,17 @@ for _channel in ("mqtt", "webhook"):
     NOTIFICATIONS_PENDING.labels(_channel)
     NOTIFICATIONS_SENT.labels(_channel)
     NOTIFICATIONS_FAILED.labels(_channel)
+RATE_LIMITED = Counter(
+    "autocore_rate_limited_total",
+    "Messages over a rate limit: acknowledged, not stored (one dead-letter row per window)",
+    ["route"],
+)
+RATE_LIMIT_BACKEND_ERRORS = Counter(
+    "autocore_rate_limit_backend_errors_total", "Batches let through unlimited because the rate-limit backend failed"
+)
+RATE_LIMIT_BACKEND_UP = Gauge(
+    "autocore_rate_limit_backend_up", "1 while the rate-limit backend (Redis) answers; 1 for the in-process one"
+)
+MQTT_TAKEOVERS = Counter(
+    "autocore_mqtt_session_takeovers_total", "Broker connections lost because another client connected with our id"
+)

@@ -10,14 +10,14 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
 from service.errors import DecodeError, IngestError, NoRoute, PayloadInvalid, TopicMismatch
 from service.mqtt.message import InboundMessage
 from service.records import DeadLetterRecord, Record
-from service.routing.middleware import Middleware, compose
+from service.routing.middleware import BatchAware, Middleware, Next, compose
 from service.routing.router import Route, Router
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,15 @@ OWN = "own"  # the route name of messages on the service's own topics (Router.ow
 class MessageContext:
     """What middleware and handlers know about the message being processed."""
 
-    __slots__ = ("message", "model", "params", "route")
+    __slots__ = ("message", "model", "params", "payload", "route")
 
     def __init__(self, message: InboundMessage, route: Route, params: dict[str, Any]) -> None:
-        self.message = message
+        self.message = message  # exactly as received (dead letters keep these bytes)
         self.route = route
         self.params = params  # shared with the router's cache: read, do not modify
+        # What the route's model validates: the message's payload, or what a middleware unwrapped
+        # from it (a signed envelope).
+        self.payload: bytes = message.payload
         self.model: BaseModel | None = None
 
     @property
@@ -63,7 +66,7 @@ class MessageContext:
 
     def digest(self) -> bytes:
         """Identifies a payload for de-duplication where the message has no natural key."""
-        return hashlib.blake2b(self.message.payload, digest_size=16).digest()
+        return hashlib.blake2b(self.payload, digest_size=16).digest()
 
 
 def dead_letter(message: InboundMessage, exc: BaseException, stage: str | None = None) -> DeadLetterRecord:
@@ -93,7 +96,7 @@ def describe(exc: ValidationError) -> str:
 async def _validate_and_handle(ctx: MessageContext) -> Outcome:
     route = ctx.route
     try:
-        ctx.model = route.model.model_validate_json(ctx.message.payload)
+        ctx.model = route.model.model_validate_json(ctx.payload)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors(include_url=False)):
             raise DecodeError(describe(exc)) from None
@@ -102,29 +105,73 @@ async def _validate_and_handle(ctx: MessageContext) -> Outcome:
 
 
 class Pipeline:
+    """Each route's chain (`middleware` for all routes, then the route's own) composed once; `after`:
+    route name -> hook run on the handler's records (the rules' stage); routes without one pay a lookup."""
+
     def __init__(
         self, router: Router, middleware: Sequence[Middleware] = (), after: Mapping[str, AfterHandler] | None = None
     ) -> None:
         self.router = router
-        self._chain = compose(middleware, _validate_and_handle)
-        # Route name -> hook; routes without one pay a dict lookup. The owner may change its contents.
+        self._chains: dict[str, Next] = {}
+        # route name -> the batch-aware middleware of its chain (prepared once per batch)
+        self._batch_aware: dict[str, list[BatchAware]] = {}
+        for route in router.routes:
+            chain = (*middleware, *route.middleware)
+            self._chains[route.name] = compose(chain, _validate_and_handle)
+            self._batch_aware[route.name] = [cast(BatchAware, mw) for mw in chain if isinstance(mw, BatchAware)]
+        self._any_batch_aware = any(self._batch_aware.values())
+        # The owner may change its contents (a rules reload).
         self._after: Mapping[str, AfterHandler] = after if after is not None else {}
 
     async def process(self, message: InboundMessage) -> tuple[str | None, Outcome]:
         """The route's name (None if none matched) and the records to store for the message."""
-        if self.router.is_own(message.topic):
-            return OWN, []  # what we published ourselves: acknowledged, nothing stored
-        found = self.router.match(message.topic)
-        if found is None:
-            return None, [dead_letter(message, NoRoute(f"no route for topic {message.topic!r}"))]
-        ctx = MessageContext(message, found[0], found[1])
-        name = ctx.route.name
-        try:
-            records = await self._chain(ctx)
-        except IngestError as exc:
-            return name, [dead_letter(message, exc)]
-        except Exception as exc:  # a handler bug must not stop ingestion: keep the message
-            log.exception("handler for route %s failed", name)
-            return name, [dead_letter(message, exc, stage="handler")]
-        after = self._after.get(name)
-        return name, (records if after is None else after(ctx, records))
+        return (await self.process_batch([message]))[0]
+
+    async def process_batch(self, messages: Sequence[InboundMessage]) -> list[tuple[str | None, Outcome]]:
+        """`process` for each message, in order; batch-aware middleware sees the batch first."""
+        match, own = self.router.match, self.router.is_own
+        contexts: list[MessageContext | None] = []
+        for message in messages:
+            found = None if own(message.topic) else match(message.topic)
+            contexts.append(MessageContext(message, found[0], found[1]) if found is not None else None)
+        if self._any_batch_aware:
+            await self._prepare(contexts)
+        results: list[tuple[str | None, Outcome]] = []
+        after = self._after
+        for message, ctx in zip(messages, contexts, strict=True):
+            if ctx is None:
+                if own(message.topic):
+                    results.append((OWN, []))  # what we published ourselves: acknowledged, nothing stored
+                else:
+                    results.append((None, [dead_letter(message, NoRoute(f"no route for topic {message.topic!r}"))]))
+                continue
+            name = ctx.route.name
+            try:
+                records = await self._chains[name](ctx)
+            except IngestError as exc:
+                results.append((name, [dead_letter(message, exc)]))
+                continue
+            except Exception as exc:  # a handler bug must not stop ingestion: keep the message
+                log.exception("handler for route %s failed", name)
+                results.append((name, [dead_letter(message, exc, stage="handler")]))
+                continue
+            hook = after.get(name)
+            results.append((name, records if hook is None else hook(ctx, records)))
+        return results
+
+    async def _prepare(self, contexts: Sequence[MessageContext | None]) -> None:
+        by_mw: dict[int, tuple[BatchAware, list[MessageContext]]] = {}
+        for ctx in contexts:
+            if ctx is None:
+                continue
+            for mw in self._batch_aware[ctx.route.name]:
+                entry = by_mw.get(id(mw))
+                if entry is None:
+                    by_mw[id(mw)] = (mw, [ctx])
+                else:
+                    entry[1].append(ctx)
+        for mw, group in by_mw.values():
+            try:
+                await mw.prepare(group)
+            except Exception:  # a middleware bug must not stop ingestion: its messages run unprepared
+                log.exception("middleware %r failed to prepare a batch of %d messages", mw, len(group))

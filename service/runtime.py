@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -17,15 +18,17 @@ from service import metrics
 from service.config import Settings
 from service.fleet_cache import FleetCache
 from service.ingest import Ingestor
+from service.mqtt import client_id
 from service.mqtt.message import InboundMessage
-from service.mqtt.transport import ConnectionState, MqttTransport
+from service.mqtt.transport import ConnectionState, MqttTransport, shared_filters
 from service.notify.channels import Channel
 from service.notify.mqtt import MqttChannel
 from service.notify.outbox import MQTT, WEBHOOK, Outbox
 from service.notify.sender import Sender
 from service.notify.webhook import WebhookChannel
 from service.pipeline import Pipeline
-from service.routes import DEFAULT_MIDDLEWARE, build_router
+from service.routes import ROUTE_NAMES, build_router
+from service.routing.middleware.setup import RoutingMiddleware, build_middleware
 from service.routing.router import Router
 from service.rules.active import ActiveRules
 from service.rules.loader import RulesError
@@ -54,11 +57,13 @@ class Runtime:
     sweeper: Sweeper | None = None
     # The fleet's state from what this process committed: answers while the database is away.
     fleet: FleetCache | None = None
+    middleware: RoutingMiddleware = field(default_factory=RoutingMiddleware)
     started_at: float = field(default_factory=time.time)
     db_ok: bool = True
     # Sessions of the HTTP API's reads (one per request); the writer keeps its own connection.
     sessions: async_sessionmaker[AsyncSession] = field(init=False)
     _reloads: set[asyncio.Future[None]] = field(init=False, default_factory=set)
+    _client_id_lock: IO[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -66,8 +71,11 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, rules: ActiveRules | None = None) -> Runtime:
         engine = create_engine(settings)
+        middleware = build_middleware(settings, ROUTE_NAMES)
         # Our own alert topic is not a device's: acknowledged, never routed or dead-lettered.
-        router = build_router(settings.mqtt_topic_prefix, own_topics=[settings.alert_topic])
+        router = build_router(
+            settings.mqtt_topic_prefix, route_middleware=middleware.per_route, own_topics=[settings.alert_topic]
+        )
         # Loaded before anything starts: a bad rules file stops start-up with one line (RulesError).
         rules = rules if rules is not None else ActiveRules(settings.rules_file, router)
         outbox = Outbox.from_settings(settings)
@@ -89,11 +97,15 @@ class Runtime:
         )
         transport: MqttTransport | None = None
         if settings.mqtt_monitor_enabled:
-            transport = MqttTransport(settings, router.subscriptions(), on_state_change=_ConnectionMetrics())
+            transport = MqttTransport(
+                settings,
+                shared_filters(router.subscriptions(), settings.mqtt_shared_group),
+                on_state_change=_ConnectionMetrics(),
+            )
         # The ingestor is the writer's first after-commit observer (acknowledgements); anything else
         # that reacts to committed batches registers with `writer.observe()` after it.
         ingestor = Ingestor(
-            Pipeline(router, DEFAULT_MIDDLEWARE, after=rules.hooks),
+            Pipeline(router, after=rules.hooks),
             writer,
             ack=transport.ack if transport is not None else _no_ack,
             hold_reading=transport.hold_reading if transport is not None else _no_hold,
@@ -145,6 +157,7 @@ class Runtime:
             sender=sender,
             sweeper=sweeper,
             fleet=fleet,
+            middleware=middleware,
         )
 
     async def start(self) -> None:
@@ -159,6 +172,20 @@ class Runtime:
         # before it dies. Scanning once per 50 000 allocations measured about -10% CPU per
         # message at the same peak RSS (bench/, telemetry, 400 000 messages).
         gc.set_threshold(50_000, 20, 100)
+        if self.transport is not None:
+            s = self.settings
+            if s.mqtt_shared_group and "{pid}" in s.mqtt_client_id and s.mqtt_session_expiry > 60:
+                log.warning(
+                    "MQTT_CLIENT_ID contains {pid}: every restart leaves the previous session behind, and "
+                    "brokers that keep sending an absent member its share (Mosquitto, EMQX) hold those "
+                    "messages for MQTT_SESSION_EXPIRY (%ds) and then drop them; prefer a stable id",
+                    s.mqtt_session_expiry,
+                )
+            try:
+                self._client_id_lock = client_id.claim(s.client_id, s.mqtt_broker_host, s.mqtt_broker_port)
+            except client_id.ClientIdInUse as exc:
+                log.error("not starting: %s", exc)  # one line to read above uvicorn's traceback
+                raise
         if self.fleet is not None:
             # Filled before the first commit when the database answers; else in the background.
             try:
@@ -223,7 +250,11 @@ class Runtime:
             await self.fleet.stop()
         await self.rules.stop()
         await self.ingestor.writer.close()
+        await self.middleware.close()
         await self.engine.dispose()
+        if self._client_id_lock is not None:
+            client_id.release(self._client_id_lock)
+            self._client_id_lock = None
 
     async def check_database(self) -> bool:
         try:

@@ -579,3 +579,54 @@ def test_mosquitto_config_queues_for_the_offline_service(tmp_path: Path) -> None
     assert _queued_while_offline(tmp_path / "deploy-conf", True, count) == count
     # Without the setting, Mosquitto's default (1000) drops the rest: why the config raises it.
     assert _queued_while_offline(tmp_path / "default", False, count) <= 1100
+
+
+# --- Kubernetes: the StatefulSet variant (shared subscriptions) -----------------------------------
+
+
+def k8s_shared_documents() -> dict[str, dict[str, Any]]:
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted((DEPLOY / "k8s" / "shared").glob("*.yaml")):
+        docs |= {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
+    return docs
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_shared_variant_validates(version: str) -> None:
+    docs = k8s_shared_documents()
+    assert set(docs) == {"StatefulSet", "Service", "ConfigMap"}
+    for kind, doc in docs.items():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{kind}: {'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_k8s_shared_variant_agrees_with_the_service() -> None:
+    shared, base = k8s_shared_documents(), {d["kind"]: d for _, d in k8s_documents()}
+    sts, config, headless = shared["StatefulSet"], shared["ConfigMap"], shared["Service"]
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert spec["replicas"] == 3 and spec["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["clusterIP"] == "None"
+    data = config["data"]
+    assert set(data) <= SETTINGS
+    # The settings as a pod would have them: each replica its own id, all in one group; the service accepts them.
+    settings = Settings(_env_file=None, **{k.lower(): v for k, v in data.items()})
+    assert settings.mqtt_shared_group and "{hostname}" in data["MQTT_CLIENT_ID"]
+    grace = float(data.get("SHUTDOWN_GRACE_SECONDS", DEFAULT_GRACE))
+    assert pod["terminationGracePeriodSeconds"] >= grace + 10
+    refs = {next(iter(ref)): ref[next(iter(ref))]["name"] for ref in container["envFrom"]}
+    assert refs == {"configMapRef": config["metadata"]["name"], "secretRef": base["Secret"]["metadata"]["name"]}
+    # Same pod hardening and probes as the Deployment.
+    base_pod = base["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == base_pod["securityContext"]
+    (base_container,) = base_pod["containers"]
+    for key in ("securityContext", "livenessProbe", "readinessProbe", "startupProbe", "ports", "volumeMounts"):
+        assert container[key] == base_container[key], key
+    labels = spec["template"]["metadata"]["labels"]
+    pdb = base["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]
+    service = base["Service"]["spec"]["selector"]
+    for selector in (spec["selector"]["matchLabels"], headless["spec"]["selector"], service, pdb):
+        assert selector.items() <= labels.items()

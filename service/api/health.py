@@ -37,6 +37,9 @@ class MonitorHealth(BaseModel):
     uptime_seconds: float
     connection_uptime_seconds: float | None
     last_error: str | None
+    session_taken_over: bool = False
+    rate_limit_backend: str | None = None
+    rate_limit_backend_ok: bool | None = None
 
 
 class Readiness(BaseModel):
@@ -62,6 +65,11 @@ def _problems(rt: Runtime) -> list[str]:
         elif not conn.all_subscribed:
             refused = [f for f, q in conn.subscriptions.items() if q is None]
             problems.append(f"subscriptions not granted: {', '.join(refused)}")
+        if conn.taken_over(time.time()):
+            problems.append(
+                f"another client uses MQTT client id {rt.settings.client_id!r} ({conn.takeover}): "
+                "give each process its own MQTT_CLIENT_ID"
+            )
     if not rt.db_ok:
         problems.append("database does not answer")
     elif not rt.ingestor.writer.healthy:
@@ -92,6 +100,11 @@ async def monitor_health(rt: Runtime) -> MonitorHealth:
         if now - quiet_since > window and rt.db_ok and await _devices_known(rt):
             status = "degraded"
             reasons.append(f"no message for {now - quiet_since:.0f}s (HEALTH_STALE_AFTER_SECONDS={window:g})")
+    limiter = rt.middleware.rate_limiter
+    if limiter is not None and not limiter.backend_ok:
+        if status == "healthy":
+            status = "degraded"
+        reasons.append(f"rate-limit backend {limiter.backend.name} unavailable: messages pass unlimited")
     since = conn.connected_since if conn else None
     return MonitorHealth(
         status=status,
@@ -109,6 +122,9 @@ async def monitor_health(rt: Runtime) -> MonitorHealth:
         uptime_seconds=round(now - rt.started_at, 3),
         connection_uptime_seconds=round(now - since, 3) if since else None,
         last_error=rt.ingestor.writer.last_error or (conn.last_error if conn else None),
+        session_taken_over=bool(conn and conn.taken_over(now)),
+        rate_limit_backend=limiter.backend.name if limiter is not None else None,
+        rate_limit_backend_ok=limiter.backend_ok if limiter is not None else None,
     )
 
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from service.api.deps import RuntimeDep
 from service.api.schemas import RoutePublic
+from service.routing.middleware import describe
 
 router = APIRouter(tags=["routes"])
 
@@ -26,6 +27,7 @@ async def list_routes(runtime: RuntimeDep) -> Any:
             model=r.model.__name__,
             fields=r.model.model_json_schema().get("properties", {}),
             messages=counts.get(r.name, 0),
+            middleware=[describe(mw, r.name) for mw in r.middleware],
         )
         for r in runtime.router.routes
     ]

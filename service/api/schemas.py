@@ -134,6 +134,9 @@ class RoutePublic(BaseModel):
     messages: int = Field(
         description="messages received on this route and committed (stored or dead-lettered) since start"
     )
+    middleware: list[str] = Field(
+        default_factory=list, description="the route's middleware chain, outermost first (its group's before its own)"
+    )
 
 
 class DeadLetterPublic(BaseModel):

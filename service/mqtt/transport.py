@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 Sink = Callable[[InboundMessage], None]
 
 _PUBACK = 0x40
+# MQTT 5 DISCONNECT reason "Session taken over": another client connected with our client id.
+SESSION_TAKEN_OVER = 0x8E
+# A connection that dies this soon after its CONNACK counts as a failure for the backoff; three
+# such in a row, without a reason code, are taken for a takeover too (two clients, one id).
+SHORT_LIVED = 5.0
+_SHORT_IN_A_ROW = 3
 _PUBREC = 0x50
 _pack_ack = struct.Struct("!BBH").pack
 _unpack_u16 = struct.Struct("!H").unpack_from
@@ -296,6 +302,17 @@ class ConnectionState:
     next_attempt_in: float | None = None
     # filter -> granted QoS, or None when the broker refused it
     subscriptions: dict[str, int | None] = field(default_factory=dict)
+    # Another client uses our client id: why we think so, and when the last loss of that kind was.
+    takeover: str | None = None
+    takeover_at: float | None = None
+    takeovers: int = 0
+
+    def taken_over(self, now: float) -> bool:
+        """A takeover that still matters: not followed by a connection that has held for a while."""
+        if self.takeover_at is None:
+            return False
+        since = self.connected_since
+        return not (self.connected and since is not None and now - since >= 6 * SHORT_LIVED)
 
     @property
     def all_subscribed(self) -> bool:
@@ -323,6 +340,8 @@ class MqttTransport:
         self._on_state_change = on_state_change
         # Built here, at start-up: a bad MQTT_TLS_* file stops the service before it serves.
         self._ssl = tls.client_context(settings)
+        self._disconnect_reason: int | None = None  # of the broker's DISCONNECT, if it sent one
+        self._short_losses = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -436,24 +455,36 @@ class MqttTransport:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
                 continue
-            attempt = 0
             self.state.failed_attempts = 0
             self.state.next_attempt_in = None
             await self._lost.wait()
             client._package_handler.fail_pending("connection lost before the broker acknowledged")
+            connected_for = time.time() - (self.state.connected_since or time.time())
             self._set_disconnected("connection lost")
             self._client = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), timeout=2)
-            if not self._stopping.is_set():
+            if self._stopping.is_set():
+                break
+            if connected_for >= SHORT_LIVED:
+                attempt = 0
+            pause = self._after_loss(connected_for, attempt)
+            if pause is None:
                 log.warning("MQTT connection lost; reconnecting")
+                continue
+            # Lost right after connecting: back off as for a failed connect, or two clients with
+            # one id would take the session from each other as fast as the broker lets them.
+            attempt += 1
+            self.state.next_attempt_in = pause
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
 
     async def _connect(self) -> _Client:
         s = self._settings
         self._lost.clear()
         self._links += 1
         client = _Client(
-            s.mqtt_client_id,
+            s.client_id,
             clean_session=False,
             optimistic_acknowledgement=False,
             on_lost=self._lost.set,
@@ -477,6 +508,8 @@ class MqttTransport:
                 subacks.set_result(tuple(codes))
 
         client.on_subscribe = on_subscribe
+        self._disconnect_reason = None
+        client.on_disconnect = self._on_disconnect
         self._client = client
         if s.mqtt_tls and s.mqtt_tls_insecure:
             log.warning("MQTT_TLS_INSECURE=true: the broker's certificate is not verified (anyone on the path "
@@ -504,7 +537,7 @@ class MqttTransport:
             "connected to MQTT broker %s:%s as %r; subscribed %d filters",
             s.mqtt_broker_host,
             s.mqtt_broker_port,
-            s.mqtt_client_id,
+            s.client_id,
             sum(1 for q in self.state.subscriptions.values() if q is not None),
         )
         self._on_state_change(self.state)
@@ -545,6 +578,41 @@ class MqttTransport:
         if lost in done:
             raise failures.ClosedBeforeConnack() from client.lost_because
         raise failures.NoConnack() if client._connection is not None else TimeoutError()
+    def _on_disconnect(self, _client: Any, packet: bytes | None, _exc: Any = None) -> None:
+        # gmqtt passes the broker's DISCONNECT body (reason code first), or b"" for a lost socket.
+        if packet:
+            self._disconnect_reason = packet[0]
+
+    def _after_loss(self, connected_for: float, attempt: int) -> float | None:
+        """After a lost connection: the backoff delay when it was short-lived (None: reconnect now);
+        a takeover is logged, counted and kept in the state for health."""
+        s = self._settings
+        short = connected_for < SHORT_LIVED
+        self._short_losses = self._short_losses + 1 if short else 0
+        why = classify_loss(self._disconnect_reason, connected_for, self._short_losses)
+        if why is not None:
+            self.state.takeover = why
+            self.state.takeover_at = time.time()
+            self.state.takeovers += 1
+            self.state.last_error = why
+            metrics.MQTT_TAKEOVERS.inc()
+        if not short and why is None:
+            return None
+        delay = full_jitter(attempt, s.mqtt_monitor_reconnect_delay, s.mqtt_reconnect_max_delay)
+        if why is not None:
+            log.error(
+                "another client uses MQTT client id %r on %s:%s (%s); backing off %.1fs. Give each "
+                "process its own MQTT_CLIENT_ID (with MQTT_SHARED_GROUP to share the traffic)",
+                s.client_id,
+                s.mqtt_broker_host,
+                s.mqtt_broker_port,
+                why,
+                delay,
+            )
+        else:
+            log.warning("MQTT connection lost %.1fs after connecting; reconnecting in %.1fs", connected_for, delay)
+        self._on_state_change(self.state)
+        return delay
 
     def _record_subacks(self, codes: tuple[int, ...]) -> None:
         granted: dict[str, int | None] = {}
@@ -577,3 +645,19 @@ class MqttTransport:
 
 def _drop(_message: InboundMessage) -> None:
     pass
+
+
+def classify_loss(reason: int | None, connected_for: float, short_in_a_row: int) -> str | None:
+    """Why a lost connection looks like another client with our id, or None when it does not."""
+    if reason == SESSION_TAKEN_OVER:
+        return "the broker closed the connection with reason 0x8E, session taken over"
+    if connected_for < SHORT_LIVED and short_in_a_row >= _SHORT_IN_A_ROW:
+        return f"{short_in_a_row} connections in a row lost within {SHORT_LIVED:g}s of their CONNACK"
+    return None
+
+
+def shared_filters(filters: Sequence[tuple[str, int]], group: str | None) -> list[tuple[str, int]]:
+    """The filters to subscribe: `$share/<group>/<filter>` in shared mode, so replicas split the traffic."""
+    if not group:
+        return list(filters)
+    return [(f"$share/{group}/{flt}", qos) for flt, qos in filters]

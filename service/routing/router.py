@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from service.routing.middleware import Middleware
 from service.routing.topics import TopicTemplate, compile_topic
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ class Route:
     handler: Handler
     name: str
     qos: int = 1
+    # Runs around this route's validation and handler, after its groups' middleware.
+    middleware: Sequence[Middleware] = ()
     topic: TopicTemplate = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,18 +48,30 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class RouteGroup:
-    """Routes under a shared topic prefix (like a mounted sub-application)."""
+    """Routes under a shared topic prefix (like a mounted sub-application).
+
+    The group's middleware runs before each of its routes' own (outer groups first).
+    """
 
     prefix: str
     routes: Sequence[Route | RouteGroup]
+    middleware: Sequence[Middleware] = ()
 
-    def flatten(self, outer: str = "") -> Iterable[Route]:
+    def flatten(self, outer: str = "", outer_middleware: Sequence[Middleware] = ()) -> Iterable[Route]:
         prefix = "/".join(p for p in (outer, self.prefix.strip("/")) if p)
+        chain = (*outer_middleware, *self.middleware)
         for item in self.routes:
             if isinstance(item, RouteGroup):
-                yield from item.flatten(prefix)
+                yield from item.flatten(prefix, chain)
             else:
-                yield Route(f"{prefix}/{item.template}", item.model, item.handler, item.name, item.qos)
+                yield Route(
+                    f"{prefix}/{item.template}",
+                    item.model,
+                    item.handler,
+                    item.name,
+                    item.qos,
+                    middleware=(*chain, *item.middleware),
+                )
 
 
 class Router:

@@ -144,7 +144,8 @@ def newest_relays(relays: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
         have = newest.get(key)
         if have is None or r.ts > have.ts:
             newest[key] = r
-    return [(r.device_id, r.relay_index, r.ts, r.state, r.triggered_by) for r in newest.values()]
+    # In key order: replicas upserting overlapping relays lock their rows in the same order (no deadlock).
+    return [(r.device_id, r.relay_index, r.ts, r.state, r.triggered_by) for _, r in sorted(newest.items())]
 
 
 def merged_dead_letters(dead: Sequence[DeadLetterRecord]) -> list[tuple[Any, ...]]:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,16 @@ import httpx
 from tests.support.broker import free_port
 
 # Settings of the service: dropped from the inherited environment so only the test's own apply.
-_OWN_PREFIXES = ("MQTT_", "DATABASE_", "DB_", "WRITER_", "DEVICE_", "SHUTDOWN_", "API_", "HEALTH_", "ALERT_", "NOTIFY_",
-                 "CRITICAL_", "RULES_")  # fmt: skip
+_OWN_PREFIXES = (
+    "MQTT_", "DATABASE_", "DB_", "WRITER_", "DEVICE_", "SHUTDOWN_", "API_", "HEALTH_", "ALERT_", "NOTIFY_", "CRITICAL_",
+    "RULES_", "LOG_", "RATE_LIMIT", "HMAC_",
+)  # fmt: skip
 
 
 class ServiceProcess:
-    def __init__(self, workdir: Path, settings: Mapping[str, Any], name: str = "service") -> None:
+    def __init__(
+        self, workdir: Path, settings: Mapping[str, Any], name: str = "service", extra_args: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         self.name = name
         self.port = free_port()
@@ -35,6 +39,7 @@ class ServiceProcess:
         env.update({k.upper(): str(v) for k, v in settings.items()})
         env["PYTHONUNBUFFERED"] = "1"
         self.env = env
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -48,7 +53,7 @@ class ServiceProcess:
             # cwd is the test's directory: no stray .env is read; the package comes from the venv.
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--no-access-log"],
+                 "--port", str(self.port), "--no-access-log", *self.extra_args],
                 cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.started_at = time.monotonic()
