@@ -218,13 +218,19 @@ class Watch:
         stored: dict[str, _State] = {}
         if statuses:
             ids = sorted({s.device_id for s in statuses})
-            # Every device row this transaction writes is locked here, in one order.
+            # Every device row this transaction writes is locked here, in one order: the stored rows
+            # first, then the new ones (an uncommitted INSERT holds its key like a row lock), each
+            # phase sorted, so two replicas writing the same devices never wait on each other in a
+            # cycle. The touch below then writes only rows held already.
             lock = sorted({*ids, *(d for d, _ in touch)})
             rows = await conn.fetch(LOCK_DEVICES, lock)
             stored = {r["device_id"]: _state(r) for r in rows}
-            missing = [d for d in ids if d not in stored]
+            missing = [d for d in lock if d not in stored]
             if missing:
-                first = {d: min(s.received_at for s in statuses if s.device_id == d) for d in missing}
+                first = dict(touch)
+                for st in statuses:
+                    if st.device_id not in first or st.received_at < first[st.device_id]:
+                        first[st.device_id] = st.received_at
                 new = await conn.fetch(INSERT_NEW, missing, [first[d] for d in missing], not self.review)
                 created.extend(r["device_id"] for r in new)
                 for r in await conn.fetch(LOCK_DEVICES, missing):
