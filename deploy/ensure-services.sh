@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by .ci/run and deploy/run-local.sh: make sure PostgreSQL and Mosquitto are installed and
-# running on this machine, installing them from Debian's packages if they are missing.
+# running on this machine, installing them from Debian's packages if they are missing (and, for the
+# tests, Chromium; for the venv, python3-venv where Debian's Python lacks ensurepip).
 # Exports PG_ADMIN_URL: a superuser URL (no password) the tests and the local run can use.
 # Starts only what is not running, and never stops anything it did not start.
 
@@ -77,10 +78,34 @@ ensure_mosquitto() {
     fi
 }
 
+ensure_chromium() {
+    # The page tests (tests/test_web_page.py) drive Debian's chromium headless through playwright;
+    # playwright's own browser download is not used.
+    if [ ! -x /usr/bin/chromium ]; then
+        echo "installing: chromium" >&2
+        _apt_install chromium
+    fi
+}
+
+_venv_works() { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1; }
+
 ensure_python() {
     # One venv in the checkout, with the project installed editable plus its dev extras.
     local py=${PYTHON:-python3}
-    [ -x .venv/bin/python ] || "$py" -m venv .venv
+    if ! _venv_works; then
+        # A venv left half-made by an earlier failure (no pip in it) is made again.
+        rm -rf .venv
+        if ! "$py" -m venv .venv >/dev/null 2>&1; then
+            rm -rf .venv
+            # Debian ships venv's pip bootstrap (ensurepip) separately, in python3-venv; only
+            # Debian's own Python can be helped that way: a Python from elsewhere brings its own.
+            if [ "$(command -v "$py")" = /usr/bin/python3 ] && command -v apt-get >/dev/null 2>&1; then
+                echo "installing: python3-venv (Debian's python3 cannot make a venv without it)" >&2
+                _apt_install python3-venv
+            fi
+            "$py" -m venv .venv || { echo "$py cannot create a virtual environment: install its venv module" >&2; return 1; }
+        fi
+    fi
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -i -E "^(warning|  !!|\s*$)" || true
     .venv/bin/python -c "import service, gmqtt, asyncpg, paho" >/dev/null
