@@ -21,7 +21,7 @@ import httpx
 from tests.support.broker import free_port
 
 # Settings of the service: dropped from the inherited environment so only the test's own apply.
-_OWN_PREFIXES = ("MQTT_", "DATABASE_", "DB_", "WRITER_", "DEVICE_", "SHUTDOWN_", "API_", "HEALTH_")
+_OWN_PREFIXES = ("MQTT_", "DATABASE_", "DB_", "WRITER_", "DEVICE_", "SHUTDOWN_", "API_", "HEALTH_", "EVENTS_")
 
 
 class ServiceProcess:
