@@ -83,7 +83,9 @@ async def test_nothing_is_kept_or_queued_while_nobody_listens() -> None:
 # -- the real service ----------------------------------------------------------------------------
 
 
-async def test_messages_devices_and_health_arrive(spawn_web: web.Spawn, publisher: Publisher, ns: str, db: asyncpg.Connection) -> None:
+async def test_messages_devices_and_health_arrive(
+    spawn_web: web.Spawn, publisher: Publisher, ns: str, db: asyncpg.Connection
+) -> None:
     svc = await spawn_web()
     async with open_events(svc.url) as events:
         publisher.publish(f"{ns}/D1/status", {"status": "online", "firmware_version": "1.0"})
@@ -92,7 +94,11 @@ async def test_messages_devices_and_health_arrive(spawn_web: web.Spawn, publishe
         messages = await events.collect("message", 3)
         kinds_seen = {e.kind for e in events.others}
         by_route = [(m.data["route"], m.data["outcome"], m.data["device_id"]) for m in messages]
-        assert by_route == [("status", "stored", "D1"), ("telemetry", "stored", "D1"), ("telemetry", "dead_letter", "D1")]
+        assert by_route == [
+            ("status", "stored", "D1"),
+            ("telemetry", "stored", "D1"),
+            ("telemetry", "dead_letter", "D1"),
+        ]
         assert messages[2].data["stage"] == "decode" and messages[2].data["payload"] == "{not json"
         assert all(m.id and m.id.startswith(messages[0].id.rsplit("-", 1)[0]) for m in messages)
         if "device" not in kinds_seen:
@@ -105,7 +111,9 @@ async def test_messages_devices_and_health_arrive(spawn_web: web.Spawn, publishe
         assert "writer_backlog" in health.data and "messages_per_second" in health.data
 
 
-async def test_filters_narrow_the_stream(spawn_web: web.Spawn, publisher: Publisher, ns: str, db: asyncpg.Connection) -> None:
+async def test_filters_narrow_the_stream(
+    spawn_web: web.Spawn, publisher: Publisher, ns: str, db: asyncpg.Connection
+) -> None:
     svc = await spawn_web(events_max_clients=3)
     async with (
         open_events(svc.url, {"topic": f"{ns}/+/status", "kind": "message"}) as status_only,

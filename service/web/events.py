@@ -116,8 +116,12 @@ async def event_clients(request: Request) -> Any:
         stream=hub.stream,
         clients=[
             EventClient(
-                id=c.id, connected_at=c.connected_at, filter=c.filter.describe(), queued=c.queued,
-                delivered=c.delivered, dropped=c.dropped_total,
+                id=c.id,
+                connected_at=c.connected_at,
+                filter=c.filter.describe(),
+                queued=c.queued,
+                delivered=c.delivered,
+                dropped=c.dropped_total,
             )
             for c in hub.clients.values()
         ],

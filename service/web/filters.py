@@ -38,7 +38,10 @@ class StreamFilter:
 
     @classmethod
     def build(
-        cls, kinds: frozenset[str] = KINDS, topic: str | None = None, device_id: str | None = None,
+        cls,
+        kinds: frozenset[str] = KINDS,
+        topic: str | None = None,
+        device_id: str | None = None,
         outcome: str | None = None,
     ) -> StreamFilter:
         return cls(kinds, topic_matcher(topic) if topic else None, device_id, outcome, topic or None)

@@ -239,7 +239,12 @@ class EventHub:
         self._wake.set()
 
     def publish(
-        self, kind: str, data: dict[str, Any], *, topic: str | None = None, device_id: str | None = None,
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        topic: str | None = None,
+        device_id: str | None = None,
         outcome: str | None = None,
     ) -> Entry:
         self._seq += 1
