@@ -478,6 +478,7 @@ const detail = {
       ...["temperature", "humidity", "voltage", "memory_free"].map((m) => chart(m, tele.items, start, end)),
     );
     $("dt-timeline").replaceChildren(timeline(conn, start, end, info));
+    charts.dataset.range = String(seconds);
     this.relays(info.relays, range);
   },
 
@@ -711,7 +712,8 @@ const dead = {
       } else if (!resp.ok) {
         button.textContent = `${resp.status}: ${body.detail || "failed"}`;
       } else {
-        button.textContent = body.resolved ? "stored" : `refused: ${body.error}`;
+        button.textContent = body.resolved ? "stored" : "refused again";
+        button.title = body.resolved ? "" : `${body.stage}: ${body.error}`;
         if (body.resolved) setTimeout(() => this.load(), 1200);
       }
     } catch (err) {
