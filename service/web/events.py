@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
@@ -59,13 +61,22 @@ def parse_filter(topic: str | None, device_id: str | None, kind: str | None, out
         raise _invalid("topic", str(exc), topic) from None
 
 
-async def _chunks(hub: EventHub, client: Client) -> AsyncIterator[bytes]:
+async def _close_on(shutdown: anyio.Event, client: Client) -> None:
+    await shutdown.wait()
+    client.close()
+
+
+async def _chunks(hub: EventHub, client: Client, shutdown: anyio.Event) -> AsyncIterator[bytes]:
+    # On server shutdown sse-starlette sets `shutdown`: the stream then ends as a complete response
+    # instead of being cancelled mid-way.
+    watcher = asyncio.create_task(_close_on(shutdown, client))
     try:
         # Browsers reconnect after this many milliseconds when the stream ends.
         yield b"retry: 2000\n\n"
         while chunk := await client.next_chunk():
             yield chunk
     finally:
+        watcher.cancel()
         hub.unsubscribe(client)
 
 
@@ -100,8 +111,11 @@ async def events(
         raise HTTPException(
             503, f"too many event-stream clients (EVENTS_MAX_CLIENTS={hub.max_clients})", headers={"Retry-After": "5"}
         )
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        _chunks(hub, client),
+        _chunks(hub, client, shutdown),
+        shutdown_event=shutdown,
+        shutdown_grace_period=2.0,
         ping=hub.heartbeat,
         send_timeout=request.app.state.settings.events_send_timeout_seconds,
         headers={"X-Accel-Buffering": "no"},
