@@ -106,7 +106,15 @@ ensure_python() {
             "$py" -m venv .venv || { echo "$py cannot create a virtual environment: install its venv module" >&2; return 1; }
         fi
     fi
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -i -E "^(warning|  !!|\s*$)" || true
+    # Installed again only when pyproject.toml changed since (and so also works offline after once).
+    local stamp=.venv/.autocore-installed
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+        if .venv/bin/python -m pip install -q -e ".[dev]" >.venv/pip-install.log 2>&1; then
+            touch "$stamp"
+        else
+            grep -v -i -E "^(warning|  !!|\s*$)" .venv/pip-install.log | tail -n 20 >&2 || true
+        fi
+    fi
     .venv/bin/python -c "import service, gmqtt, asyncpg, paho" >/dev/null
 }

@@ -7,12 +7,16 @@
 # address. It uses the running broker and PostgreSQL without reconfiguring them, with a database
 # (autocore_demo), topic prefix (autocore-demo) and MQTT client id of its own, and the first free
 # port from 8000 on. Ctrl-C stops the service and the simulator.
+#
+#   bash deploy/run-local.sh --demo --for 30
+# stops by itself after 30 seconds, printing what the service stored (exit status 0 if it did).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/ensure-services.sh
 
-demo=0
+demo=0 duration=""
 if [ "${1:-}" = "--demo" ]; then demo=1; shift; fi
+if [ "$demo" = 1 ] && [ "${1:-}" = "--for" ]; then duration=${2:?--for needs a number of seconds}; shift 2; fi
 
 ensure_packages
 ensure_postgres
@@ -80,5 +84,26 @@ cat <<MSG
   Ctrl-C stops the service and the simulator.
 
 MSG
-wait -n "${pids[@]}" || true
+if [ -n "$duration" ]; then
+    sleep "$duration" &
+    timer=$!
+    wait -n "${pids[@]}" "$timer" || true
+    if kill -0 "${pids[0]}" 2>/dev/null && kill -0 "${pids[1]}" 2>/dev/null; then
+        # What the demo produced, from the service's own API.
+        .venv/bin/python - "$port" <<'PY'
+import json, sys, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+get = lambda path: json.load(urllib.request.urlopen(base + path, timeout=5))
+online = get("/devices?limit=1&online=true")["total"]
+print(f"demo after its run: {get('/devices?limit=1')['total']} devices ({online} online), "
+      f"{get('/health/mqtt-monitor')['messages_processed']} messages committed, "
+      f"{get('/dead-letters?limit=1')['total']} dead letters; page: {base}/ answers "
+      f"{urllib.request.urlopen(base + '/', timeout=5).status}")
+PY
+        exit 0
+    fi
+else
+    wait -n "${pids[@]}" || true
+fi
 echo "the service or the simulator stopped" >&2
+exit 1

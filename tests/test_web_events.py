@@ -19,6 +19,9 @@ import asyncpg
 import httpx
 import pytest
 
+from service.mqtt.message import InboundMessage
+from service.records import StatusRecord
+from service.storage.writer import Pending
 from service.web.filters import StreamFilter, topic_matcher
 from service.web.hub import EventHub
 from tests.conftest import eventually
@@ -78,6 +81,25 @@ async def test_nothing_is_kept_or_queued_while_nobody_listens() -> None:
     hub.unsubscribe(client)
     hub.observe([])
     assert len(hub._inbox) == 1  # resume_seconds=0: nothing recorded once the last client left
+
+
+async def test_over_the_rate_limit_messages_are_counted_not_published() -> None:
+    hub = EventHub(topic_prefix="p", max_rate=5, client_buffer=3)
+    client = hub.subscribe(StreamFilter.build(frozenset({"message"})))
+    assert client is not None
+    now = time.time()
+    status = StatusRecord("D1", datetime.now(UTC), True, None, None, None)
+    batch = [Pending(InboundMessage("p/D1/status", b"{}", 1, False, now), [status], "status") for _ in range(8)]
+    hub._fan_out(batch)
+    # One device event (not rate-limited), 5 message events; 3 messages only counted.
+    assert hub.published == 6 and hub._rate_skipped == 3
+    hub._window_end = 0.0  # the next second
+    hub._fan_out([])
+    assert hub._ring[-1].kind == "missed" and b'"count":3,"reason":"rate_limit"' in hub._ring[-1].frame
+    # The client's queue of 3 kept the newest 3 of its 5 messages and counts the 2 it lost.
+    chunk = (await client.next_chunk()).decode()
+    assert chunk.count("event: message") == 2 and '"count":3,"reason":"slow_client"' in chunk
+    assert '"count":3,"reason":"rate_limit"' in chunk  # every client hears of it, whatever its filter
 
 
 # -- the real service ----------------------------------------------------------------------------

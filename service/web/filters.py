@@ -47,6 +47,8 @@ class StreamFilter:
         return cls(kinds, topic_matcher(topic) if topic else None, device_id, outcome, topic or None)
 
     def matches(self, kind: str, topic: str | None, device_id: str | None, outcome: str | None) -> bool:
+        if kind == "missed":  # what the hub could not publish concerns every client
+            return True
         if kind not in self.kinds:
             return False
         if self.device_id is not None and kind in ("message", "device") and device_id != self.device_id:
