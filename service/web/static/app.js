@@ -81,6 +81,14 @@ function ago(ms) {
   return `${Math.floor(s / 86400)}d ago`;
 }
 
+// Runs fn once, `ms` from the first call; calls meanwhile join it (steady traffic cannot starve it).
+const pending = new Set();
+function once(key, ms, fn) {
+  if (pending.has(key)) return;
+  pending.add(key);
+  setTimeout(() => { pending.delete(key); fn(); }, ms);
+}
+
 const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
 const fmt = (v, digits = 1) => (v == null ? "–" : Number(v).toFixed(digits));
 
@@ -251,6 +259,7 @@ const fleet = {
   offset: 0,
   total: 0,
   rows: new Map(), // device_id -> {data, tr, cells, trend: [], relays: Map}
+  known: new Set(), // every device id this page has seen (shown or in the stream)
   reloadTimer: null,
 
   start() {
@@ -303,6 +312,7 @@ const fleet = {
     const old = this.rows;
     this.rows = new Map();
     body.replaceChildren();
+    for (const d of page.items) this.known.add(d.device_id);
     for (const d of items) {
       const row = old.get(d.device_id) || this.makeRow(d.device_id);
       row.data = { ...row.data, ...d };
@@ -373,7 +383,7 @@ const fleet = {
 
   device(d) {
     const row = this.rows.get(d.device_id);
-    if (!row) return this.schedule(1000);
+    if (!row) { this.countsSoon(); return this.unseen(d.device_id); }
     row.data.is_online = d.is_online;
     if (d.ip_address) row.data.ip_address = d.ip_address;
     if (d.firmware_version) row.data.firmware_version = d.firmware_version;
@@ -381,19 +391,19 @@ const fleet = {
     this.countsSoon();
   },
 
-  countsSoon() {
-    clearTimeout(this.countsTimer);
-    this.countsTimer = setTimeout(() => this.counts().catch(() => {}), 500);
+  countsSoon() { once("counts", 1000, () => this.counts().catch(() => {})); },
+
+  unseen(id) {
+    // A device this page has not shown: new, or on another page. Counts and pages may change.
+    if (this.known.has(id)) return;
+    this.known.add(id);
+    once("fleet", 1500, () => this.load());
   },
 
   message(m) {
     if (!m.device_id || m.outcome !== "stored") return;
     const row = this.rows.get(m.device_id);
-    if (!row) {
-      // A device this page does not show: new, or on another page. Counts and pages may change.
-      if (!this.offset) this.schedule(1500);
-      return;
-    }
+    if (!row) return this.unseen(m.device_id);
     row.data.last_seen = new Date(m.t * 1000).toISOString();
     let payload = null;
     try { payload = JSON.parse(m.payload); } catch { /* not JSON: nothing to show */ }
@@ -670,7 +680,7 @@ const dead = {
     on("connection", (c) => { if (c.connected) this.soon(); });
     this.load();
   },
-  soon() { clearTimeout(this.timer); this.timer = setTimeout(() => this.load(), 700); },
+  soon() { once("dead", 1000, () => this.load()); },
 
   async load() {
     let page;
