@@ -41,7 +41,9 @@ HealthProbe = Callable[[], Awaitable[dict[str, Any]]]
 
 # Health fields that change by themselves every second: a change of only these is not news.
 _VOLATILE = ("uptime_seconds", "connection_uptime_seconds", "seconds_since_last_message")
-_INBOX_BATCHES = 256  # committed batches waiting for the hub's task; more means it cannot keep up
+# Committed messages waiting for the hub's task (whole batches); more means it cannot keep up. Bounds
+# what the hub holds of the writer's batches (their payloads) whatever the message rate.
+_INBOX_MESSAGES = 20_000
 _client_ids = itertools.count(1)
 
 
@@ -153,6 +155,7 @@ class EventHub:
         self.stream = secrets.token_hex(4)
         self._idle_until = 0.0  # monotonic: record until then although nobody listens
         self._inbox: deque[list[Pending]] = deque()
+        self._inbox_size = 0
         self._inbox_lost = 0
         self._wake = asyncio.Event()
         self._online: dict[str, bool] = {}  # device -> online, as the events last said
@@ -233,9 +236,12 @@ class EventHub:
         """The writer's after-commit hook: O(1), never blocks."""
         if not self.clients and time.monotonic() >= self._idle_until:
             return
-        if len(self._inbox) >= _INBOX_BATCHES:
-            self._inbox_lost += len(self._inbox.popleft())
+        while self._inbox and self._inbox_size + len(batch) > _INBOX_MESSAGES:
+            lost = len(self._inbox.popleft())
+            self._inbox_size -= lost
+            self._inbox_lost += lost
         self._inbox.append(batch)
+        self._inbox_size += len(batch)
         self._wake.set()
 
     def publish(
@@ -261,6 +267,7 @@ class EventHub:
             self._wake.clear()
             while self._inbox:
                 batch = self._inbox.popleft()
+                self._inbox_size -= len(batch)
                 try:
                     self._fan_out(batch)
                 except Exception:  # a bug here must not end the stream for good
