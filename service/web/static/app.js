@@ -236,6 +236,11 @@ const healthBar = {
   connection(c) {
     this.state = c;
     $("healthbar").classList.toggle("lost", !c.connected);
+    if (!c.connected) {
+      // What the bar showed is no longer known to be true.
+      $("status").textContent = "status unknown";
+      $("status").className = "chip";
+    }
     this.tick();
   },
   tick() {
@@ -543,7 +548,8 @@ function chart(metric, buckets, start, end) {
   }
   for (const [t, anchor] of [[start, "start"], [end, "end"]]) {
     const label = svg("text", { x: t === start ? L : W - 2, y: H - 3, "text-anchor": anchor });
-    label.textContent = clock(t);
+    const day = new Date(t).toLocaleDateString([], { month: "short", day: "numeric" });
+    label.textContent = end - start > 6 * 3600 * 1000 ? `${day} ${clock(t).slice(0, 5)}` : clock(t);
     area.append(label);
   }
   return box;
