@@ -5,7 +5,8 @@
 
 Started detached by the `autocore-sse*` sinks of bench/autocore.toml, so its CPU is not counted as
 the sink's. Each client reconnects (with Last-Event-ID) when its stream ends; all exit once the
-service has refused connections for `--give-up` seconds (the harness stopped it). The events read
+service has refused connections for `--give-up` seconds once it had answered (the harness stopped
+it). The events read
 are appended as one JSON line to `--log`.
 """
 
@@ -21,16 +22,19 @@ from pathlib import Path
 async def client(port: int, query: str, counts: dict[str, int], give_up: float) -> None:
     last_id = ""
     refused_since: float | None = None
+    connected_once = False
     while True:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             refused_since = refused_since or time.monotonic()
-            if time.monotonic() - refused_since > give_up:
+            # Before the first connection the service may still be starting: wait longer for it.
+            if time.monotonic() - refused_since > (give_up if connected_once else 60.0):
                 return
             await asyncio.sleep(0.1)
             continue
         refused_since = None
+        connected_once = True
         resume = f"Last-Event-ID: {last_id}\r\n" if last_id else ""
         head = f"GET /events?{query} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{resume}\r\n"
         writer.write(head.encode())

@@ -81,9 +81,13 @@ ensure_mosquitto() {
 ensure_chromium() {
     # The page tests (tests/test_web_page.py) drive Debian's chromium headless through playwright;
     # playwright's own browser download is not used.
-    if [ ! -x /usr/bin/chromium ]; then
-        echo "installing: chromium" >&2
-        _apt_install chromium
+    # playwright's driver (node, in its wheel) needs libatomic, which a minimal Debian lacks.
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    ldconfig -p 2>/dev/null | grep 'libatomic\.so\.1 ' >/dev/null || missing+=(libatomic1)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}" >&2
+        _apt_install "${missing[@]}"
     fi
 }
 
