@@ -73,8 +73,15 @@ ensure_mosquitto() {
     # The tests start brokers of their own; the local run wants one on 1883.
     if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
         echo "starting Mosquitto on 127.0.0.1:1883" >&2
+        # Debian's config writes its pid file and log in directories that systemd makes at boot; a
+        # machine without systemd (a container, a chroot) has neither, and Mosquitto would exit.
+        if id mosquitto >/dev/null 2>&1; then
+            _as_root install -d -o mosquitto -g mosquitto /run/mosquitto /var/log/mosquitto
+        fi
         _as_root mosquitto -d -c /etc/mosquitto/mosquitto.conf
         for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
+        (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null \
+            || { echo "Mosquitto did not start (see /var/log/mosquitto/mosquitto.log)" >&2; return 1; }
     fi
 }
 

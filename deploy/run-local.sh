@@ -47,6 +47,8 @@ fi
 # Environment variables win over .env: the demo never writes to the real database or topics.
 DATABASE_URL=$(create_database autocore_demo)
 export DATABASE_URL
+# The local broker that ensure_mosquitto made sure of (an address from the environment wins).
+export MQTT_BROKER_HOST=${MQTT_BROKER_HOST:-127.0.0.1} MQTT_BROKER_PORT=${MQTT_BROKER_PORT:-1883}
 export MQTT_TOPIC_PREFIX=autocore-demo MQTT_CLIENT_ID="autocore-demo-$$" MQTT_SESSION_EXPIRY=0
 export DATABASE_SCHEMA=public HEALTH_STALE_AFTER_SECONDS=60
 if [ -z "${API_TOKEN:-}" ]; then
@@ -73,7 +75,7 @@ for _ in $(seq 150); do
     kill -0 "${pids[0]}" 2>/dev/null || { echo "the service did not start" >&2; exit 1; }
     sleep 0.2
 done
-.venv/bin/python -m service.simulate --host "${MQTT_BROKER_HOST:-127.0.0.1}" --port "${MQTT_BROKER_PORT:-1883}" \
+.venv/bin/python -m service.simulate --host "$MQTT_BROKER_HOST" --port "$MQTT_BROKER_PORT" \
     --prefix autocore-demo --devices 25 --rate 25 --bad-share 0.03 --churn 0.01 --offline-seconds 20 --quiet &
 pids+=($!)
 cat <<MSG
