@@ -7,6 +7,7 @@
     .venv/bin/python bench/bench.py mixed -m 200000
     .venv/bin/python bench/bench.py scale          # 10k, 100k, 1M messages: cost per message
     .venv/bin/python bench/bench.py replicas -m 200000 --repeat 2   # 1, 2, 3 replicas on $share
+    .venv/bin/python bench/bench.py events         # telemetry with 0 and with 10 /events clients
 
 The referee harness (../shared/bench: run.py, loadgen.py) is used as a library: its driver runs
 the `telemetry`, `paced` and `scale` scenarios with the sink entry in bench/autocore.toml (plus the
@@ -259,7 +260,7 @@ def run_mixed(loadgen: ModuleType, messages: int, devices: int, pg_port: int, mq
 # ---------------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=("telemetry", "paced", "mixed", "scale", "replicas", "all"))
+    p.add_argument("scenario", choices=("telemetry", "paced", "mixed", "scale", "replicas", "events", "all"))
     p.add_argument("-m", "--messages", type=int)
     p.add_argument("-n", "--devices", type=int, default=500)
     p.add_argument("-r", "--rate", type=float, default=1000.0, help="paced scenario: msgs/s")
@@ -296,6 +297,13 @@ def main() -> None:
                 referee_run(referee, ["-m", str(m), "-n", str(args.devices), "--repeat", str(args.repeat),
                                       "--tag", "replicas", "autocore", "autocore-x1", "autocore-x2",
                                       "autocore-x3"])  # fmt: skip
+            elif scenario == "events":
+                # The same telemetry run with no /events client, with 10 that read everything (at the
+                # default EVENTS_MAX_RATE), and with 10 and no rate limit (bench/sse_clients.py).
+                m = args.messages or 200_000
+                referee_run(referee, ["-m", str(m), "-n", str(args.devices), "--repeat", str(args.repeat),
+                                      "--tag", "events", "autocore", "autocore-sse10",
+                                      "autocore-sse10-unlimited"])  # fmt: skip
             elif scenario == "scale":
                 for m in (10_000, 100_000, 1_000_000):
                     referee_run(referee, ["-m", str(m), "-n", str(args.devices), "--tag", f"scale-{m}",

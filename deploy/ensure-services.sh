@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by .ci/run and deploy/run-local.sh: make sure PostgreSQL, Mosquitto (and Redis) are installed and
-# running on this machine, installing them from Debian's packages if they are missing.
+# running on this machine, installing them from Debian's packages if they are missing (and, for the
+# tests, Chromium; for the venv, python3-venv where Debian's Python lacks ensurepip).
 # Exports PG_ADMIN_URL: a superuser URL (no password) the tests and the local run can use.
 # Starts only what is not running, and never stops anything it did not start.
 
@@ -72,8 +73,15 @@ ensure_mosquitto() {
     # The tests start brokers of their own; the local run wants one on 1883.
     if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
         echo "starting Mosquitto on 127.0.0.1:1883" >&2
+        # Debian's config writes its pid file and log in directories that systemd makes at boot; a
+        # machine without systemd (a container, a chroot) has neither, and Mosquitto would exit.
+        if id mosquitto >/dev/null 2>&1; then
+            _as_root install -d -o mosquitto -g mosquitto /run/mosquitto /var/log/mosquitto
+        fi
         _as_root mosquitto -d -c /etc/mosquitto/mosquitto.conf
         for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
+        (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null \
+            || { echo "Mosquitto did not start (see /var/log/mosquitto/mosquitto.log)" >&2; return 1; }
     fi
 }
 
@@ -86,11 +94,47 @@ ensure_redis() {
     fi
 }
 
+ensure_chromium() {
+    # The page tests (tests/test_web_page.py) drive Debian's chromium headless through playwright;
+    # playwright's own browser download is not used.
+    # playwright's driver (node, in its wheel) needs libatomic, which a minimal Debian lacks.
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    ldconfig -p 2>/dev/null | grep 'libatomic\.so\.1 ' >/dev/null || missing+=(libatomic1)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}" >&2
+        _apt_install "${missing[@]}"
+    fi
+}
+
+_venv_works() { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1; }
+
 ensure_python() {
     # One venv in the checkout, with the project installed editable plus its dev extras.
     local py=${PYTHON:-python3}
-    [ -x .venv/bin/python ] || "$py" -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -i -E "^(warning|  !!|\s*$)" || true
+    if ! _venv_works; then
+        # A venv left half-made by an earlier failure (no pip in it) is made again.
+        rm -rf .venv
+        if ! "$py" -m venv .venv >/dev/null 2>&1; then
+            rm -rf .venv
+            # Debian ships venv's pip bootstrap (ensurepip) separately, in python3-venv; only
+            # Debian's own Python can be helped that way: a Python from elsewhere brings its own.
+            if [ "$(command -v "$py")" = /usr/bin/python3 ] && command -v apt-get >/dev/null 2>&1; then
+                echo "installing: python3-venv (Debian's python3 cannot make a venv without it)" >&2
+                _apt_install python3-venv
+            fi
+            "$py" -m venv .venv || { echo "$py cannot create a virtual environment: install its venv module" >&2; return 1; }
+        fi
+    fi
+    # Installed again only when pyproject.toml changed since (and so also works offline after once).
+    local stamp=.venv/.autocore-installed
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+        if .venv/bin/python -m pip install -q -e ".[dev]" >.venv/pip-install.log 2>&1; then
+            touch "$stamp"
+        else
+            grep -v -i -E "^(warning|  !!|\s*$)" .venv/pip-install.log | tail -n 20 >&2 || true
+        fi
+    fi
     .venv/bin/python -c "import service, gmqtt, asyncpg, paho" >/dev/null
 }

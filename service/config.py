@@ -201,6 +201,22 @@ class Settings(BaseSettings):
     def client_id(self) -> str:
         """MQTT_CLIENT_ID with {hostname} and {pid} filled in."""
         return self.mqtt_client_id.replace("{hostname}", socket.gethostname()).replace("{pid}", str(os.getpid()))
+    # Live page and /events (docs/monitor-page.md)
+    events_max_clients: Annotated[int, Field(ge=0, le=10_000)] = 50
+    # Events kept for a reconnecting client's Last-Event-ID.
+    events_ring_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Events queued per client; a client that falls further behind loses its oldest and is told.
+    events_client_buffer: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    # Message events per second at most (the rest are counted in a `missed` event): bounds the
+    # page's cost whatever the message rate.
+    events_max_rate: Annotated[float, Field(ge=0, le=1_000_000)] = 1_000.0
+    events_payload_max_bytes: Annotated[int, Field(ge=0, le=1_048_576)] = 2_048
+    events_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    # A client whose socket takes no data for this long is disconnected.
+    events_send_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    events_health_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    # Events are still recorded this long after the last client left, so a reconnect resumes.
+    events_resume_seconds: Annotated[float, Field(ge=0, le=86_400)] = 60.0
 
     @field_validator("mqtt_monitor_log_level")
     @classmethod

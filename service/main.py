@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
@@ -12,10 +13,13 @@ from sqlalchemy.engine import make_url
 from service import logs
 from service.api import alerts, dead_letters, devices, errors, health, metrics, routes_table, security
 from service.api import rules as rules_api
+from service.api.health import monitor_health
 from service.config import Settings, load_settings
 from service.routes import build_router
 from service.rules.active import ActiveRules
 from service.runtime import Runtime
+from service.web import events, pages
+from service.web.hub import EventHub
 
 log = logging.getLogger("service")
 
@@ -30,6 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings, rules)
         app.state.runtime = runtime
+        hub = _event_hub(settings, runtime)
+        app.state.events = hub
+        runtime.ingestor.writer.observe(hub.observe)  # after the ingestor's acknowledgements
         log.info(
             "starting: broker %s:%s, database %s",
             settings.mqtt_broker_host,
@@ -37,9 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             make_url(settings.database_url).render_as_string(hide_password=True),
         )
         await runtime.start()
+        hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -53,12 +62,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (docs/security.md): a router added later is protected by being included the same way.
     app.include_router(health.router)
     app.include_router(metrics.router, dependencies=[security.METRICS])
-    for module in (devices, routes_table, dead_letters, alerts, rules_api):
+    for module in (devices, routes_table, dead_letters, alerts, rules_api, events):
         app.include_router(module.router, dependencies=[security.READ])
+    # The page's shell (HTML, JS, CSS) holds no data: open, so a browser can load it and ask for the
+    # token; the data it shows comes from the routers above.
+    app.include_router(pages.router)
+    app.mount("/static", pages.static_files, name="static")
 
     errors.install(app)
     security.install_cors(app, settings)
     return app
+
+
+def _event_hub(settings: Settings, runtime: Runtime) -> EventHub:
+    async def health_probe() -> dict[str, Any]:
+        body = (await monitor_health(runtime)).model_dump()
+        body["writer_backlog"] = runtime.ingestor.writer.backlog
+        return body
+
+    return EventHub(
+        topic_prefix=settings.mqtt_topic_prefix,
+        max_clients=settings.events_max_clients,
+        ring_size=settings.events_ring_size,
+        client_buffer=settings.events_client_buffer,
+        max_rate=settings.events_max_rate,
+        payload_max_bytes=settings.events_payload_max_bytes,
+        resume_seconds=settings.events_resume_seconds,
+        health_interval=settings.events_health_interval_seconds,
+        heartbeat=settings.events_heartbeat_seconds,
+        health=health_probe,
+    )
 
 
 app = create_app()

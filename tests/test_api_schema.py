@@ -65,7 +65,8 @@ def test_no_request_gets_a_5xx(app: FastAPI, publisher: Publisher, ns: str) -> N
 
     failures: list[str] = []
     calls = 0
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # GET /events streams until the client leaves: a call never returns here (tests/test_web_events.py).
+    operations = [op for op in (result.ok() for result in schema.get_all_operations()) if op.path != "/events"]
     assert len(operations) >= 14
     for operation in operations:
         # Without parameters (or a body) there is nothing to get wrong on purpose.

@@ -23,7 +23,7 @@ from tests.support.broker import free_port
 # Settings of the service: dropped from the inherited environment so only the test's own apply.
 _OWN_PREFIXES = (
     "MQTT_", "DATABASE_", "DB_", "WRITER_", "DEVICE_", "SHUTDOWN_", "API_", "HEALTH_", "ALERT_", "NOTIFY_", "CRITICAL_",
-    "RULES_", "LOG_", "RATE_LIMIT", "HMAC_",
+    "RULES_", "LOG_", "RATE_LIMIT", "HMAC_", "EVENTS_",
 )  # fmt: skip
 
 

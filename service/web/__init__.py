@@ -1,0 +1,1 @@
+"""The live monitor: the page at `/` and its Server-Sent Events stream at `/events`."""
