@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from service.errors import DecodeError, IngestError, NoRoute, PayloadInvalid, TopicMismatch
 from service.models.fast import FAST_DECODERS
 from service.mqtt.message import InboundMessage
 from service.records import DeadLetterRecord, Record
-from service.routing.middleware import Middleware, Next, compose
+from service.routing.middleware import Middleware, compose
 from service.routing.router import Route, Router
 
 log = logging.getLogger(__name__)
@@ -90,32 +90,39 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def _validator(fast_decoders: Mapping[type[BaseModel], Callable[[bytes], Any]]) -> Next:
-    fast_decoder = fast_decoders.get
+def _pydantic(ctx: MessageContext) -> Any:
+    try:
+        return ctx.route.model.model_validate_json(ctx.message.payload)
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors(include_url=False)):
+            raise DecodeError(describe(exc)) from None
+        raise PayloadInvalid(describe(exc)) from None
 
-    async def validate_and_handle(ctx: MessageContext) -> Outcome:
-        route = ctx.route
-        fast = fast_decoder(route.model)
-        model = fast(ctx.message.payload) if fast is not None else None
-        if model is None:
-            # Pydantic decides whatever the fast path does not take, and words every refusal.
-            try:
-                model = route.model.model_validate_json(ctx.message.payload)
-            except ValidationError as exc:
-                if any(err["type"] == "json_invalid" for err in exc.errors(include_url=False)):
-                    raise DecodeError(describe(exc)) from None
-                raise PayloadInvalid(describe(exc)) from None
-        ctx.model = model
-        return await route.handler(model, ctx)
 
-    return validate_and_handle
+_fast_decoder = FAST_DECODERS.get
+
+
+async def _validate_and_handle(ctx: MessageContext) -> Outcome:
+    route = ctx.route
+    fast = _fast_decoder(route.model)
+    model = fast(ctx.message.payload) if fast is not None else None
+    if model is None:
+        # Pydantic decides whatever the fast path does not take, and words every refusal.
+        model = _pydantic(ctx)
+    ctx.model = model
+    return await route.handler(model, ctx)
+
+
+async def _validate_with_pydantic(ctx: MessageContext) -> Outcome:
+    ctx.model = _pydantic(ctx)
+    return await ctx.route.handler(ctx.model, ctx)
 
 
 class Pipeline:
     def __init__(self, router: Router, middleware: Sequence[Middleware] = (), *, fast_decode: bool = True) -> None:
         """`fast_decode=False` validates every message with Pydantic (the reference the fast path is tested against)."""
         self.router = router
-        self._chain = compose(middleware, _validator(FAST_DECODERS if fast_decode else {}))
+        self._chain = compose(middleware, _validate_and_handle if fast_decode else _validate_with_pydantic)
 
     async def process(self, message: InboundMessage) -> tuple[str | None, Outcome]:
         """The route's name (None if none matched) and the records to store for the message."""
