@@ -41,20 +41,6 @@ _valid_devices: set[str] = set()
 _addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
 
 
-def _stamp(value: Any) -> datetime | bool | None:
-    """The timestamp as Pydantic would read it; False when that is not certain (use Pydantic)."""
-    if value is None:
-        return None
-    if type(value) is not str or _stamp_shape(value) is None:
-        return False
-    try:
-        ts = _from_iso(value)
-    except ValueError:
-        return False
-    # As DeviceMessage._utc: a naive time is UTC.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
 def _device_ok(value: str | None) -> bool:
     if value is None or value in _valid_devices:
         return True
@@ -103,16 +89,27 @@ _Fast = TelemetryFast | RelayStatusFast | DeviceStatusFast
 def _decoder(struct: type[_Fast]) -> Callable[[bytes], Any]:
     decode = msgspec.json.Decoder(struct).decode
     error = msgspec.DecodeError  # ValidationError is a subclass
+    valid_devices = _valid_devices
 
     def fast(payload: bytes) -> Any:
         try:
             msg = decode(payload)
         except error:
             return None
-        ts = _stamp(msg.timestamp)
-        if ts is False or not _device_ok(msg.device_id):
+        stamp = msg.timestamp
+        if stamp is not None:
+            # The timestamp as Pydantic reads it, or (when that is not certain) Pydantic's turn.
+            if type(stamp) is not str or _stamp_shape(stamp) is None:
+                return None
+            try:
+                ts = _from_iso(stamp)
+            except ValueError:
+                return None
+            # As DeviceMessage._utc: a naive time is UTC.
+            msg.timestamp = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+        device = msg.device_id
+        if device is not None and device not in valid_devices and not _device_ok(device):
             return None
-        msg.timestamp = ts
         return msg
 
     return fast
