@@ -8,7 +8,7 @@ message goes through Pydantic, which accepts it or refuses it with its own reaso
 messages are accepted and refused, with the same error text, as with Pydantic alone
 (tests/test_fast_decode.py checks that with hypothesis).
 
-Measured on the bench's telemetry payload: Pydantic `model_validate_json` 4.1 µs, this 0.9 µs.
+Measured on the bench's telemetry payload (same process): Pydantic `model_validate_json` 4.8 µs, this 1.7.
 """
 
 from __future__ import annotations
