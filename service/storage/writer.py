@@ -25,7 +25,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -145,11 +145,7 @@ class BatchWriter:
                 if wait > 0 and len(self._pending) < self.batch_size:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), timeout=wait)
-            else:
-                # Let the pipeline hand on what was received meanwhile (it is not a wait: nothing
-                # received means no delay), then commit whatever arrived while the last commit was
-                # in flight: group commit.
-                await asyncio.sleep(0)
+            # Group commit: whatever arrived while the previous commit was in flight goes now.
             await self.flush_once()
 
     async def flush_once(self) -> None:
@@ -381,10 +377,13 @@ def _encoded(table: str, encode: Callable[[Any], bytes | None], records: Sequenc
         raise ValueRefused(f"invalid input for {table}: {exc}") from exc
 
 
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 async def _copy_binary(conn: asyncpg.Connection, table: str, columns: Sequence[str], data: bytes) -> None:
     try:
-        # A memoryview: asyncpg sends a buffer as it is (bytes it would take for a file name).
-        await conn.copy_to_table(table, source=memoryview(data), columns=columns, format="binary")
+        await conn.copy_to_table(table, source=_one_chunk(data), columns=columns, format="binary")
     except asyncpg.UniqueViolationError as exc:
         raise _Redelivered(table) from exc
 
