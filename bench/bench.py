@@ -8,6 +8,17 @@
     .venv/bin/python bench/bench.py scale          # 10k, 100k, 1M messages: cost per message
     .venv/bin/python bench/bench.py replicas -m 200000 --repeat 2   # 1, 2, 3 replicas on $share
     .venv/bin/python bench/bench.py events         # telemetry with 0 and with 10 /events clients
+    .venv/bin/python bench/bench.py scale -m 1000000 --compare ../base-checkout   # A/B, alternating runs
+
+Every scenario ends with a summary line per sink that adds `us/msg`: microseconds of the sink's CPU
+per message. For the service its start-up CPU (measured once per invocation: start, wait until
+ready, settle 1 s, no messages) is subtracted first; for the harness's sinks start-up is included.
+`gmqtt-count` (the harness's gmqtt subscriber that only counts) runs beside the service in the
+`telemetry` scenario: the practical ceiling of a gmqtt consumer on this box.
+
+`--compare DIR` runs a second checkout of the service (say, main before a change; it uses this
+checkout's .venv) as sink `autocore-base`, alternating with `autocore` run by run, so that both
+meet the same load from the rest of the machine.
 
 The referee harness (../shared/bench: run.py, loadgen.py) is used as a library: its driver runs
 the `telemetry`, `paced` and `scale` scenarios with the sink entry in bench/autocore.toml (plus the
@@ -34,7 +45,7 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -138,10 +149,10 @@ def load_harness(harness: Path) -> tuple[ModuleType, ModuleType]:
     return referee, loadgen
 
 
-def referee_run(referee: ModuleType, argv: list[str]) -> None:
+def referee_run(referee: ModuleType, argv: list[str], extra: Sequence[str] = ()) -> None:
     results = STATE / "results.jsonl"
     saved = sys.argv
-    sys.argv = ["run.py", "--config", str(SINK_TOML), "--results", str(results), *argv]
+    sys.argv = ["run.py", "--config", str(SINK_TOML), *extra, "--results", str(results), *argv]
     try:
         referee.main()
     finally:
@@ -184,7 +195,9 @@ def psql(pg_port: int, sql: str) -> list[list[str]]:
     return [line.split(",") for line in out.splitlines() if line]
 
 
-def run_mixed(loadgen: ModuleType, messages: int, devices: int, pg_port: int, mqtt_port: int) -> dict[str, Any]:
+def run_mixed(
+    loadgen: ModuleType, messages: int, devices: int, pg_port: int, mqtt_port: int, cwd: Path = ROOT
+) -> dict[str, Any]:
     import asyncio
     from array import array
 
@@ -197,7 +210,7 @@ def run_mixed(loadgen: ModuleType, messages: int, devices: int, pg_port: int, mq
     loadgen.message = lambda k, _n: table[k][:2]  # the harness's raw generator publishes our messages
 
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--port", "8091", "--log-level",
-                             "warning", "--no-access-log"], cwd=ROOT, env=sink_env(pg_port, mqtt_port),
+                             "warning", "--no-access-log"], cwd=cwd, env=sink_env(pg_port, mqtt_port),
                             stdout=open(STATE / "mixed-sink.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115  # fmt: skip
     try:
         for _ in range(300):
@@ -250,11 +263,84 @@ def run_mixed(loadgen: ModuleType, messages: int, devices: int, pg_port: int, mq
             "relay_history": f"{rel}/{kinds['relay']}", "status_msgs": kinds["status"],
             "devices_with_status": int(statused), "lost": expected_rows - min(tel_d + rel_d, expected_rows),
             "dupes": (tel - tel_d) + (rel - rel_d), "dead_letters": int(dead),
-            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu.user + cpu.system, 1),
+            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu.user + cpu.system, 2),
         }  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+# ---------------------------------------------------------------------------------- CPU per message
+def tree_cpu(proc: Any) -> float:
+    """User+sys CPU seconds of a psutil process and its children."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(Exception):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def startup_cpu(pg_port: int, mqtt_port: int, cwd: Path = ROOT) -> float:
+    """CPU seconds the service spends starting (migrations, connect, subscribe) and idling 1 s."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--port", "8092", "--log-level",
+                             "warning", "--no-access-log"], cwd=cwd,
+                            env={**sink_env(pg_port, mqtt_port), "MQTT_CLIENT_ID": "autocore-bench-startup"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        sampler = psutil.Process(proc.pid)
+        for _ in range(600):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen("http://127.0.0.1:8092/health/mqtt-monitor", timeout=1)
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # the referee settles 1 s after ready as well
+        return tree_cpu(sampler)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def new_results(offset: int) -> list[dict[str, Any]]:
+    path = STATE / "results.jsonl"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        f.seek(offset)
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def results_offset() -> int:
+    path = STATE / "results.jsonl"
+    return path.stat().st_size if path.exists() else 0
+
+
+def summarize(runs: list[dict[str, Any]], startup: dict[str, float]) -> None:
+    """Median per sink of rows/s, latency and CPU, with microseconds of CPU per message."""
+    by_sink: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        if "error" not in r:
+            by_sink.setdefault((r["sink"], r["M"]), []).append(r)
+    said = ", ".join(f"{k} {v:.2f} s" for k, v in startup.items())
+    print(f"# summary (median per sink; us/msg = CPU per message, less the service's start-up: {said})")
+    print(f"{'sink':<22} {'M':>8} {'runs':>4} {'rows/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'cpu_s':>7} {'us/msg':>7}")
+    for (sink, m), rs in by_sink.items():
+
+        def med(key: str, rs: list[dict[str, Any]] = rs) -> float | None:
+            vals = [r[key] for r in rs if isinstance(r.get(key), int | float)]
+            return statistics.median(vals) if vals else None
+
+        cpu = med("cpu_s")
+        base = startup.get(sink, 0.0)
+        us = None if cpu is None else (cpu - base) / m * 1e6
+        cells = [med("rows_per_s"), med("p50_ms"), med("p99_ms")]
+        text = " ".join("       -" if v is None else f"{v:>8.0f}" for v in cells)
+        print(
+            f"{sink:<22} {m:>8} {len(rs):>4} {text} {cpu or 0:>7.1f} {'-' if us is None else f'{us:.2f}':>7}",
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------------------------- main
@@ -266,6 +352,7 @@ def main() -> None:
     p.add_argument("-r", "--rate", type=float, default=1000.0, help="paced scenario: msgs/s")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--peers", nargs="*", default=[], help="more sinks of the harness, e.g. nodered-batched")
+    p.add_argument("--compare", type=Path, help="another checkout of the service, run as sink autocore-base")
     p.add_argument("--harness", type=Path, default=Path(os.environ.get("BENCH_HARNESS", ROOT.parent / "shared/bench")))
     args = p.parse_args()
     pg_port = int(os.environ.get("BENCH_PGPORT", "5433"))
@@ -273,24 +360,65 @@ def main() -> None:
     os.environ.update(PGPORT=str(pg_port), MQTT_PORT=str(mqtt_port), PGHOST="127.0.0.1", PGUSER="postgres",
                       PGDATABASE="bench")  # fmt: skip
     referee, loadgen = load_harness(args.harness.resolve())
+    compare = args.compare.resolve() if args.compare else None
+    extra: list[str] = []
+    if compare is not None:
+        STATE.mkdir(exist_ok=True)
+        entry = tomllib.loads(SINK_TOML.read_text())["sinks"]["autocore"]
+        venv_py = str(ROOT / ".venv/bin/python")
+        start = entry["start"].replace(".venv/bin/python", venv_py)
+        (STATE / "compare.toml").write_text(
+            f"[sinks.autocore-base]\ndescription = {json.dumps(f'the service from {compare}')}\n"
+            f"cwd = {json.dumps(str(compare))}\nstart = {json.dumps(start)}\n"
+            f"ready_cmd = {json.dumps(entry['ready_cmd'].replace('.venv/bin/python', venv_py))}\n"
+            + "".join(f"{k} = {json.dumps(entry[k])}\n" for k in ("ready_timeout", "setup_sql", "reset_sql",
+                                                                    "count_sql", "final_sql", "rows_sql"))
+            + "[sinks.autocore-base.env]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry["env"].items())
+        )  # fmt: skip
+        extra = ["--config", str(STATE / "compare.toml")]
+    sinks = ["autocore-base", "autocore"] if compare is not None else ["autocore"]
+
+    def run_sinks(argv: list[str], before: Sequence[str] = ()) -> None:
+        if compare is None:
+            referee_run(referee, [*argv, "--repeat", str(args.repeat), *before, *sinks], extra)
+            return
+        if before:
+            referee_run(referee, [*argv, "--repeat", str(args.repeat), *before], extra)
+        for _ in range(args.repeat):  # alternate, so both meet the same load
+            referee_run(referee, [*argv, "--repeat", "1", *sinks], extra)
+
     todo = ["telemetry", "paced", "mixed", "scale"] if args.scenario == "all" else [args.scenario]
     with services(args.harness.resolve(), pg_port, mqtt_port):
+        startup = {"autocore": startup_cpu(pg_port, mqtt_port)}
+        if compare is not None:
+            startup["autocore-base"] = startup_cpu(pg_port, mqtt_port, compare)
+        print("# service start-up CPU:", ", ".join(f"{k} {v:.2f} s" for k, v in startup.items()), flush=True)
         for scenario in todo:
             print(f"\n## {scenario}", flush=True)
+            offset = results_offset()
             if scenario == "telemetry":
                 m = args.messages or 200_000
-                referee_run(referee, ["-m", str(m), "-n", str(args.devices), "--repeat", str(args.repeat),
-                                      "--tag", "telemetry", "mosquitto-sub", *args.peers, "autocore"])  # fmt: skip
+                run_sinks(
+                    ["-m", str(m), "-n", str(args.devices), "--tag", "telemetry"],
+                    ["mosquitto-sub", "gmqtt-count", *args.peers],
+                )
             elif scenario == "paced":
-                m = args.messages or 30_000
-                referee_run(referee, ["-m", str(m), "-r", str(args.rate), "--repeat", str(min(args.repeat, 2)),
-                                      "--tag", "paced", *args.peers, "autocore"])  # fmt: skip
+                m = args.messages or max(30_000, int(args.rate * 10))
+                run_sinks(["-m", str(m), "-r", str(args.rate), "--tag", "paced"], list(args.peers))
             elif scenario == "mixed":
                 m = args.messages or 200_000
-                runs = [run_mixed(loadgen, m, args.devices, pg_port, mqtt_port) for _ in range(args.repeat)]
-                for r in runs:
-                    print(json.dumps(r), flush=True)
-                print("median msgs/s:", statistics.median(r["msgs_per_s"] for r in runs), flush=True)
+                dirs = {"autocore-base": compare, "autocore": ROOT} if compare is not None else {"autocore": ROOT}
+                runs: dict[str, list[dict[str, Any]]] = {k: [] for k in dirs}
+                for _ in range(args.repeat):
+                    for sink, cwd in dirs.items():
+                        r = {"sink": sink, **run_mixed(loadgen, m, args.devices, pg_port, mqtt_port, cwd)}
+                        r["us_per_msg"] = round((r["cpu_s"] - startup[sink]) / m * 1e6, 2)
+                        runs[sink].append(r)
+                        print(json.dumps(r), flush=True)
+                for sink, rs in runs.items():
+                    print(f"{sink}: median msgs/s {statistics.median(r['msgs_per_s'] for r in rs)},"
+                          f" median us/msg {statistics.median(r['us_per_msg'] for r in rs)}", flush=True)  # fmt: skip
+                continue
             elif scenario == "replicas":
                 # The service alone, then 1, 2 and 3 replicas on one shared subscription (bench/replicas.sh).
                 m = args.messages or 200_000
@@ -305,9 +433,10 @@ def main() -> None:
                                       "--tag", "events", "autocore", "autocore-sse10",
                                       "autocore-sse10-unlimited"])  # fmt: skip
             elif scenario == "scale":
-                for m in (10_000, 100_000, 1_000_000):
-                    referee_run(referee, ["-m", str(m), "-n", str(args.devices), "--tag", f"scale-{m}",
-                                          "--timeout", "600", "autocore"])  # fmt: skip
+                sizes = [args.messages] if args.messages else [10_000, 100_000, 1_000_000]
+                for m in sizes:
+                    run_sinks(["-m", str(m), "-n", str(args.devices), "--tag", f"scale-{m}", "--timeout", "600"])
+            summarize(new_results(offset), startup)
 
 
 if __name__ == "__main__":

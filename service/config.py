@@ -71,7 +71,8 @@ class Settings(BaseSettings):
 
     # Writer
     writer_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 2_000
-    writer_linger_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
+    # 0 = group commit: an idle writer commits at once, batches form while a commit is in flight.
+    writer_linger_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
     writer_retry_max_delay: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # Last-seen updates for a device are coalesced to at most one per this many seconds.
     device_last_seen_resolution: Annotated[float, Field(ge=0, le=3600)] = 1.0

@@ -12,9 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from service.errors import DecodeError, IngestError, NoRoute, PayloadInvalid, TopicMismatch
+from service.models.fast import FAST_DECODERS
 from service.mqtt.message import InboundMessage
 from service.records import DeadLetterRecord, Record
 from service.routing.middleware import BatchAware, Middleware, Next, compose
@@ -42,7 +43,9 @@ class MessageContext:
         # What the route's model validates: the message's payload, or what a middleware unwrapped
         # from it (a signed envelope).
         self.payload: bytes = message.payload
-        self.model: BaseModel | None = None
+        # The validated message: the route's Pydantic model, or on the fast path its msgspec twin
+        # (service/models/fast.py: same attribute names, same values).
+        self.model: Any = None
 
     @property
     def topic(self) -> str:
@@ -93,15 +96,32 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-async def _validate_and_handle(ctx: MessageContext) -> Outcome:
-    route = ctx.route
+def _pydantic(ctx: MessageContext) -> Any:
     try:
-        ctx.model = route.model.model_validate_json(ctx.payload)
+        return ctx.route.model.model_validate_json(ctx.payload)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors(include_url=False)):
             raise DecodeError(describe(exc)) from None
         raise PayloadInvalid(describe(exc)) from None
-    return await route.handler(ctx.model, ctx)
+
+
+_fast_decoder = FAST_DECODERS.get
+
+
+async def _validate_and_handle(ctx: MessageContext) -> Outcome:
+    route = ctx.route
+    fast = _fast_decoder(route.model)
+    model = fast(ctx.payload) if fast is not None else None
+    if model is None:
+        # Pydantic decides whatever the fast path does not take, and words every refusal.
+        model = _pydantic(ctx)
+    ctx.model = model
+    return await route.handler(model, ctx)
+
+
+async def _validate_with_pydantic(ctx: MessageContext) -> Outcome:
+    ctx.model = _pydantic(ctx)
+    return await ctx.route.handler(ctx.model, ctx)
 
 
 class Pipeline:
@@ -109,15 +129,22 @@ class Pipeline:
     route name -> hook run on the handler's records (the rules' stage); routes without one pay a lookup."""
 
     def __init__(
-        self, router: Router, middleware: Sequence[Middleware] = (), after: Mapping[str, AfterHandler] | None = None
+        self,
+        router: Router,
+        middleware: Sequence[Middleware] = (),
+        after: Mapping[str, AfterHandler] | None = None,
+        *,
+        fast_decode: bool = True,
     ) -> None:
+        """`fast_decode=False` validates every message with Pydantic (the reference the fast path is tested against)."""
         self.router = router
+        endpoint = _validate_and_handle if fast_decode else _validate_with_pydantic
         self._chains: dict[str, Next] = {}
         # route name -> the batch-aware middleware of its chain (prepared once per batch)
         self._batch_aware: dict[str, list[BatchAware]] = {}
         for route in router.routes:
             chain = (*middleware, *route.middleware)
-            self._chains[route.name] = compose(chain, _validate_and_handle)
+            self._chains[route.name] = compose(chain, endpoint)
             self._batch_aware[route.name] = [cast(BatchAware, mw) for mw in chain if isinstance(mw, BatchAware)]
         self._any_batch_aware = any(self._batch_aware.values())
         # The owner may change its contents (a rules reload).

@@ -19,7 +19,8 @@ def _data_paths(app: Any) -> list[str]:
     """Every GET route of the app that serves data, path parameters filled in."""
     paths = []
     for template, operations in app.openapi()["paths"].items():
-        if "get" in operations and not template.startswith("/health/") and template != "/metrics":
+        # GET /events streams until the client leaves: checked on its own below.
+        if "get" in operations and not template.startswith("/health/") and template not in ("/metrics", "/events"):
             paths.append(template.replace("{device_id}", "D1").replace("{relay}", "0").replace("{dead_letter_id}", "1"))
     return paths
 
@@ -39,6 +40,11 @@ async def test_reads_need_the_read_token_or_the_api_token(service: ServiceFactor
             for token in (READ, FULL):
                 resp = await c.get(path, headers=_bearer(token))
                 assert resp.status_code != 401, (path, resp.text)
+        # The live stream is refused before it starts (the page sends the token with fetch()).
+        assert (await c.get("/events")).status_code == 401
+        assert (await c.get("/events", headers=_bearer("nope"))).status_code == 401
+        # The page's shell holds no data: open, so a browser can load it and ask for the token.
+        assert (await c.get("/")).status_code == 200
         # A wrong token is told apart from a missing one (RFC 6750), never echoed.
         resp = await c.get("/devices", headers=_bearer("guess"))
         assert 'error="invalid_token"' in resp.headers["www-authenticate"]

@@ -7,8 +7,10 @@ Device rows (last seen, status, liveness) are written by service/watch/liveness.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.records import (
@@ -135,6 +137,81 @@ def telemetry_rows(records: Sequence[TelemetryRecord]) -> list[tuple[Any, ...]]:
 def relay_history_rows(records: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
     """RELAY_HISTORY_COLUMNS for COPY."""
     return [(*r[:5], _from_epoch(r[5])) for r in records]
+
+
+# -- COPY in PostgreSQL's binary format, preformatted ------------------------------------------
+# asyncpg's copy_records_to_table encodes each value through its codec (a timestamptz costs an
+# astimezone() and a subtraction of datetimes): 1.8 µs a telemetry row. One struct.pack per row
+# with a format cached by the row's shape costs 0.7 (bench/, 2 000-row batches). Rows of another
+# shape than the common ones below (a missing reading, extras) take asyncpg's path.
+
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER = b"\xff\xff"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_S = _PG_EPOCH.timestamp()
+_US = timedelta(microseconds=1)
+_Packer = Callable[..., bytes]
+_telemetry_packers: dict[int, _Packer] = {}
+_relay_packers: dict[tuple[int, int], _Packer] = {}
+
+
+def _telemetry_packer(device_len: int) -> _Packer:
+    # 8 fields: device_id text, ts timestamptz, 3 x float8, memory_free int8, extra NULL, received_at
+    pack = struct.Struct(f"!hi{device_len}siqidididiqiiq").pack
+    _telemetry_packers[device_len] = pack
+    return pack
+
+
+def telemetry_copy(records: Sequence[TelemetryRecord]) -> bytes | None:
+    """The binary COPY data of TELEMETRY_COLUMNS, or None when a row has another shape (asyncpg's path).
+
+    Raises ValueError (struct.error, UnicodeEncodeError) or OverflowError for a value the column
+    cannot hold, as asyncpg's encoder would.
+    """
+    out = [COPY_HEADER]
+    add = out.append
+    packers = _telemetry_packers
+    epoch, us, epoch_s = _PG_EPOCH, _US, _PG_EPOCH_S
+    for device, ts, t, h, v, m, extra, received in records:
+        if t is None or h is None or v is None or m is None or extra is not None:
+            return None
+        name = device.encode()
+        n = len(name)
+        pack = packers.get(n) or _telemetry_packer(n)
+        add(pack(8, n, name, 8, (ts - epoch) // us, 8, t, 8, h, 8, v, 8, m, -1, 8, round((received - epoch_s) * 1e6)))
+    add(COPY_TRAILER)
+    return b"".join(out)
+
+
+def _relay_packer(device_len: int, by_len: int) -> _Packer:
+    # 6 fields: device_id text, relay_index int4, ts timestamptz, state bool, triggered_by text, received_at
+    by = f"i{by_len}s" if by_len >= 0 else "i"
+    pack = struct.Struct(f"!hi{device_len}siiiqi?{by}iq").pack
+    _relay_packers[device_len, by_len] = pack
+    return pack
+
+
+def relay_history_copy(records: Sequence[RelayRecord]) -> bytes | None:
+    """The binary COPY data of RELAY_HISTORY_COLUMNS (every shape: only triggered_by may be NULL)."""
+    out = [COPY_HEADER]
+    add = out.append
+    packers = _relay_packers
+    epoch, us, epoch_s = _PG_EPOCH, _US, _PG_EPOCH_S
+    for device, relay, ts, state, by, received in records:
+        name = device.encode()
+        n = len(name)
+        stamp = (ts - epoch) // us
+        seen = round((received - epoch_s) * 1e6)
+        if by is None:
+            pack = packers.get((n, -1)) or _relay_packer(n, -1)
+            add(pack(6, n, name, 4, relay, 8, stamp, 1, state, -1, 8, seen))
+        else:
+            text = by.encode()
+            b = len(text)
+            pack = packers.get((n, b)) or _relay_packer(n, b)
+            add(pack(6, n, name, 4, relay, 8, stamp, 1, state, b, text, 8, seen))
+    add(COPY_TRAILER)
+    return b"".join(out)
 
 
 def newest_relays(relays: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:

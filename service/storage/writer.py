@@ -1,6 +1,11 @@
 """BatchWriter: collects processed messages, commits them in batches, then lets them be acknowledged.
 
-* A batch closes at `writer_batch_size` messages or `writer_linger_ms` after its first message.
+* Group commit: an idle writer commits what it has at once; while a commit is in flight, arrivals
+  gather and go in the next one (at most `writer_batch_size`), so batches grow with the load by
+  themselves. `writer_linger_ms` (default 0) makes the writer wait that long after a batch's first
+  message for more (fewer, larger transactions at low rates, for latency).
+* One transaction in flight at a time, on the writer's own connection: the order of commits is the
+  order of arrival, which keeps per-device state, connectivity and acknowledgements in order.
 * One transaction per batch; after COMMIT returned, each after-commit observer (`observe()`) is
   called with the batch, in the order they were registered. The ingestor registers first, so a
   batch is acknowledged before anything else reacts to it; an observer that raises is logged and
@@ -18,8 +23,9 @@ import asyncio
 import base64
 import contextlib
 import logging
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,10 +144,12 @@ class BatchWriter:
     async def run(self) -> None:
         while True:
             await self._nonempty.wait()
-            wait = self._first_at + self.linger - time.monotonic()
-            if wait > 0 and len(self._pending) < self.batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), timeout=wait)
+            if self.linger > 0:
+                wait = self._first_at + self.linger - time.monotonic()
+                if wait > 0 and len(self._pending) < self.batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), timeout=wait)
+            # Group commit: whatever arrived while the previous commit was in flight goes now.
             await self.flush_once()
 
     async def flush_once(self) -> None:
@@ -322,12 +330,21 @@ class BatchWriter:
             await self._watch.devices(conn, g.status, g.seen, touch)
         if g.telemetry:
             if copy:
-                await _copy(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_rows(g.telemetry))
+                data = _encoded("telemetry", sql.telemetry_copy, g.telemetry)
+                if data is not None:
+                    await _copy_binary(conn, "telemetry", sql.TELEMETRY_COLUMNS, data)
+                else:
+                    await _copy(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_rows(g.telemetry))
             else:
                 await conn.execute(sql.INSERT_TELEMETRY, *sql.columns(g.telemetry, 8))
         if g.relays:
             if copy:
-                await _copy(conn, "relay_state_history", sql.RELAY_HISTORY_COLUMNS, sql.relay_history_rows(g.relays))
+                data = _encoded("relay_state_history", sql.relay_history_copy, g.relays)
+                if data is not None:
+                    await _copy_binary(conn, "relay_state_history", sql.RELAY_HISTORY_COLUMNS, data)
+                else:
+                    rows = sql.relay_history_rows(g.relays)
+                    await _copy(conn, "relay_state_history", sql.RELAY_HISTORY_COLUMNS, rows)
             else:
                 await conn.execute(sql.INSERT_RELAY_HISTORY, *sql.columns(g.relays, 6))
             await self._watch.relays(conn, g.relays)  # locks and compares critical relays first
@@ -344,6 +361,26 @@ class BatchWriter:
 
 class _Redelivered(Exception):
     """COPY met a row that is stored already: the batch goes again with ON CONFLICT statements."""
+
+
+def _encoded(table: str, encode: Callable[[Any], bytes | None], records: Sequence[Record]) -> bytes | None:
+    try:
+        return encode(records)
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
+        # A value its column cannot hold (an int8 out of range, text that is not UTF-8): refused
+        # for good, as asyncpg's encoder or PostgreSQL would.
+        raise ValueRefused(f"invalid input for {table}: {exc}") from exc
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _copy_binary(conn: asyncpg.Connection, table: str, columns: Sequence[str], data: bytes) -> None:
+    try:
+        await conn.copy_to_table(table, source=_one_chunk(data), columns=columns, format="binary")
+    except asyncpg.UniqueViolationError as exc:
+        raise _Redelivered(table) from exc
 
 
 async def _copy(conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:

@@ -1,0 +1,131 @@
+"""The writer's group commit and its binary COPY rows, against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.mqtt.message import InboundMessage
+from service.records import Record, RelayRecord, TelemetryRecord
+from service.storage import statements as sql
+from service.storage.writer import BatchWriter, Pending
+from tests.conftest import eventually
+
+RECEIVED = 1_738_022_400.123456
+
+
+def pending(records: list[Record], topic: str = "t/x/telemetry") -> Pending:
+    message = InboundMessage(topic, json.dumps([repr(r) for r in records]).encode(), 1, False, RECEIVED)
+    return Pending(message, records, "telemetry")
+
+
+def reading(i: int, device: str = "D1", **fields: object) -> TelemetryRecord:
+    values: dict[str, object] = {"temperature": 20.5 + i, "humidity": 40.0, "voltage": 3.3, "memory_free": 1000 + i,
+                                 "extra": None} | fields  # fmt: skip
+    ts = datetime(2025, 1, 28, tzinfo=UTC) + timedelta(seconds=i)
+    return TelemetryRecord(device, ts, *values.values(), RECEIVED)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def writer(database_url: str) -> AsyncIterator[tuple[BatchWriter, list[int]]]:
+    engine = create_async_engine(database_url)
+    w = BatchWriter(engine, batch_size=20, linger=0.0)
+    batches: list[int] = []
+    w.observe(lambda batch: batches.append(len(batch)))
+    task = asyncio.create_task(w.run())
+    try:
+        yield w, batches
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await w.close()
+        await engine.dispose()
+
+
+async def test_idle_writer_commits_at_once_and_arrivals_gather_for_the_next_commit(
+    writer: tuple[BatchWriter, list[int]], db: asyncpg.Connection, database_url: str
+) -> None:
+    w, batches = writer
+    # Another session holds a lock the writer's COPY must wait for: its first commit stays in flight.
+    blocker = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    hold = blocker.transaction()
+    await hold.start()
+    await blocker.execute("LOCK TABLE telemetry IN EXCLUSIVE MODE")
+    try:
+        w.add(pending([reading(0)]))
+        # Not waiting for company: the one message is in a commit by itself.
+        await eventually(lambda: w.in_commit == 1)
+        for i in range(1, 51):
+            w.add(pending([reading(i)]))
+        assert (w.in_commit, w.backlog) == (1, 51)
+        assert batches == []  # nothing committed while the lock is held
+    finally:
+        await hold.rollback()
+        await blocker.close()
+    await eventually(lambda: sum(batches) == 51)
+    # What arrived during the commit went in the next ones, WRITER_BATCH_SIZE (20) at most each.
+    assert batches == [1, 20, 20, 10]
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 51
+
+
+async def test_binary_copy_stores_what_the_records_say(
+    writer: tuple[BatchWriter, list[int]], db: asyncpg.Connection
+) -> None:
+    w, batches = writer
+    plus_two = timezone(timedelta(hours=2))
+    telemetry = [
+        reading(0, device="ESP32_ü😀"),  # multi-byte device ids
+        reading(1)._replace(ts=datetime(2025, 1, 28, 2, 0, 1, 999999, tzinfo=plus_two), temperature=-0.0),
+        reading(2, memory_free=2**63 - 1, temperature=1e308, voltage=float("inf")),
+    ]
+    relays = [
+        RelayRecord("D1", 0, datetime(2025, 1, 28, tzinfo=UTC), True, None, RECEIVED),
+        RelayRecord("D1", 65535, datetime(2025, 1, 28, 0, 0, 1, 5, tzinfo=UTC), False, "schedé", RECEIVED),
+    ]
+    w.add(pending([*telemetry, *relays]))
+    await eventually(lambda: batches == [1])
+    rows = await db.fetch(f"SELECT {', '.join(sql.TELEMETRY_COLUMNS)} FROM telemetry ORDER BY ts")
+    received = datetime.fromtimestamp(RECEIVED, UTC)
+    assert [tuple(r) for r in rows] == [(*t[:7], received) for t in telemetry]
+    rows = await db.fetch(f"SELECT {', '.join(sql.RELAY_HISTORY_COLUMNS)} FROM relay_state_history ORDER BY ts")
+    assert [tuple(r) for r in rows] == [(*r[:5], received) for r in relays]
+
+
+async def test_rows_of_other_shapes_take_asyncpgs_copy(
+    writer: tuple[BatchWriter, list[int]], db: asyncpg.Connection
+) -> None:
+    w, batches = writer
+    odd = [reading(0, humidity=None), reading(1, extra='{"rssi": -70}'), reading(2)]
+    assert sql.telemetry_copy(odd) is None
+    w.add(pending(odd))
+    await eventually(lambda: batches == [1])
+    rows = await db.fetch("SELECT humidity, extra FROM telemetry ORDER BY ts")
+    assert [(r["humidity"], r["extra"]) for r in rows] == [(None, None), (40.0, '{"rssi": -70}'), (40.0, None)]
+
+
+async def test_redelivered_rows_and_refused_values_on_the_binary_path(
+    writer: tuple[BatchWriter, list[int]], db: asyncpg.Connection
+) -> None:
+    w, batches = writer
+    w.add(pending([reading(0), reading(1)]))
+    await eventually(lambda: batches == [1])
+    # The broker redelivers the two (stored already) with a new one: ON CONFLICT keeps them once.
+    w.add(pending([reading(0), reading(1), reading(2)]))
+    await eventually(lambda: batches == [1, 1])
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 3
+    # An int8 overflow found while packing the row: the message becomes a dead letter, the others commit.
+    w.add(pending([reading(3)]))
+    w.add(pending([reading(4, memory_free=2**63)], topic="t/x/telemetry-refused"))
+    w.add(pending([reading(5)]))
+    await eventually(lambda: sum(batches) == 5)
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 5
+    dead = await db.fetchrow("SELECT topic, stage, error_message FROM dead_letters")
+    assert (dead["topic"], dead["stage"]) == ("t/x/telemetry-refused", "storage")
+    assert "invalid input for telemetry" in dead["error_message"]
