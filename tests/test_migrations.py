@@ -42,8 +42,9 @@ def test_upgrade_matches_models_and_downgrade_is_clean(empty_database: str) -> N
     async def diff() -> list[object]:
         eng = create_async_engine(async_url)
         async with eng.connect() as conn:
+            opts = {"compare_type": True, "include_object": include_object}
             result = await conn.run_sync(
-                lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True, "include_object": include_object}), Base.metadata)
+                lambda c: compare_metadata(MigrationContext.configure(c, opts=opts), Base.metadata)
             )
         await eng.dispose()
         return list(result)
