@@ -36,16 +36,24 @@ _SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS)
 _CHANGED = " OR ".join(f"r.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _COLUMNS)
 
 
-def raw_aggregates(prefix: str = "t.") -> str:
-    return ", ".join(f"count({prefix}{m}), sum({prefix}{m}), min({prefix}{m}), max({prefix}{m})" for m in METRICS)
-
-
 def combined_aggregates(prefix: str = "m.") -> str:
     return ", ".join(
         f"sum({prefix}{m}_count), sum({prefix}{m}_sum), min({prefix}{m}_min), max({prefix}{m}_max)" for m in METRICS
     )
 
 
+def _raw_partials(prefix: str = "") -> str:
+    return ", ".join(
+        f"count({prefix}{m}) AS {m}_count, sum({prefix}{m}) AS {m}_sum, min({prefix}{m}) AS {m}_min, "
+        f"max({prefix}{m}) AS {m}_max"
+        for m in METRICS
+    )
+
+
+_UPSERT = f"ON CONFLICT (device_id, bucket) DO UPDATE SET {_SET} WHERE {_CHANGED}"
+
+# Each touched bucket is recomputed by an index range scan of its own (LATERAL): a join on the
+# time range would make the planner hash whole devices' rows against every bucket.
 _MINUTES = f"""
 WITH touched AS (
     SELECT DISTINCT device_id, date_bin('1 minute', ts, :origin) AS bucket
@@ -53,11 +61,32 @@ WITH touched AS (
     WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
 )
 INSERT INTO telemetry_rollup_1m AS r (device_id, bucket, {", ".join(_COLUMNS)})
-SELECT k.device_id, k.bucket, count(*), {raw_aggregates()}
-FROM touched k
-JOIN telemetry t ON t.device_id = k.device_id AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
-GROUP BY k.device_id, k.bucket
-ON CONFLICT (device_id, bucket) DO UPDATE SET {_SET} WHERE {_CHANGED}
+SELECT k.device_id, k.bucket, a.*
+FROM touched k CROSS JOIN LATERAL (
+    SELECT count(*) AS n, {_raw_partials("t.")}
+    FROM telemetry t
+    WHERE t.device_id = k.device_id AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
+) a
+{_UPSERT}
+"""
+
+# The first sweep (nothing rolled up yet, as after the migration): one pass over everything.
+_ALL_MINUTES = f"""
+INSERT INTO telemetry_rollup_1m AS r (device_id, bucket, {", ".join(_COLUMNS)})
+SELECT device_id, date_bin('1 minute', ts, :origin), count(*), {_raw_partials()}
+FROM telemetry
+WHERE ts >= :complete
+GROUP BY 1, 2
+{_UPSERT}
+"""
+
+_ALL_HOURS = f"""
+INSERT INTO telemetry_rollup_1h AS r (device_id, bucket, {", ".join(_COLUMNS)})
+SELECT device_id, date_bin('1 hour', bucket, :origin), sum(n), {combined_aggregates("")}
+FROM telemetry_rollup_1m
+WHERE bucket >= :complete
+GROUP BY 1, 2
+{_UPSERT}
 """
 
 _TOUCHED_HOURS = """
@@ -68,12 +97,15 @@ WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
 
 _HOURS = f"""
 INSERT INTO telemetry_rollup_1h AS r (device_id, bucket, {", ".join(_COLUMNS)})
-SELECT h.device_id, h.bucket, sum(m.n), {combined_aggregates()}
+SELECT h.device_id, h.bucket, a.*
 FROM unnest(CAST(:devices AS text[]), CAST(:hours AS timestamptz[])) AS h(device_id, bucket)
-JOIN telemetry_rollup_1m m ON m.device_id = h.device_id AND m.bucket >= h.bucket
-                          AND m.bucket < h.bucket + interval '1 hour'
-GROUP BY h.device_id, h.bucket
-ON CONFLICT (device_id, bucket) DO UPDATE SET {_SET} WHERE {_CHANGED}
+CROSS JOIN LATERAL (
+    SELECT sum(m.n) AS n, {combined_aggregates()}
+    FROM telemetry_rollup_1m m
+    WHERE m.device_id = h.device_id AND m.bucket >= h.bucket AND m.bucket < h.bucket + interval '1 hour'
+) a
+WHERE a.n IS NOT NULL
+{_UPSERT}
 """
 
 
@@ -126,9 +158,14 @@ async def sweep(conn: AsyncConnection, settle: float, now: datetime | None = Non
         if current is None or hi <= current.received_through:
             return None
         params = {"origin": ORIGIN, "lo": current.received_through, "hi": hi, "complete": current.raw_complete_from}
-        minutes = (await conn.execute(text(_MINUTES), params)).rowcount or 0
-        hours = 0
-        touched = (await conn.execute(text(_TOUCHED_HOURS), params)).all()
+        if current.received_through == NEVER:
+            minutes = (await conn.execute(text(_ALL_MINUTES), params)).rowcount or 0
+            hours = (await conn.execute(text(_ALL_HOURS), params)).rowcount or 0
+            touched = []
+        else:
+            minutes = (await conn.execute(text(_MINUTES), params)).rowcount or 0
+            hours = 0
+            touched = list((await conn.execute(text(_TOUCHED_HOURS), params)).all())
         if touched:
             result = await conn.execute(
                 text(_HOURS), {"devices": [r[0] for r in touched], "hours": [r[1] for r in touched]}
