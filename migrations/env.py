@@ -15,8 +15,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.config import load_settings
-from service.storage.db import connect_args
 from service.history.partitions import is_partition
+from service.storage.db import connect_args
 from service.storage.tables import Base
 
 config = context.config
