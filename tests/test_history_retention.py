@@ -175,3 +175,29 @@ def test_command_line_dry_run(pg: tuple[AsyncEngine, asyncpg.Connection, str]) -
     )  # fmt: skip
     assert bad.returncode != 0
     assert "TELEMETRY_RETENTION_DAYS" in bad.stderr
+
+
+async def test_drop_gives_up_instead_of_queueing_ingestion(
+    pg: tuple[AsyncEngine, asyncpg.Connection, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, conn, url = pg
+    monkeypatch.setattr(partitions, "LOCK_ATTEMPTS", 2)
+    monkeypatch.setattr(partitions, "LOCK_RETRY_DELAY", 0.01)
+    monkeypatch.setattr(partitions, "LOCK_TIMEOUT", "50ms")
+    future = TODAY + timedelta(days=45)
+    # A long report holds the table: the drop waits at most LOCK_TIMEOUT per attempt, then gives up.
+    reader = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    tx = reader.transaction()
+    await tx.start()
+    await reader.fetch("SELECT * FROM telemetry LIMIT 1")
+    async with engine.connect() as c:
+        report = await retention.run(c, settings(url), now=future)
+    assert report.dropped == []
+    assert f"telemetry_p{TODAY:%Y%m%d}" in await names(conn, "telemetry")
+    # Meanwhile the writer's inserts were never queued behind a granted lock: one goes in now.
+    await add_telemetry(conn, TODAY + timedelta(hours=2))
+    await tx.rollback()
+    await reader.close()
+    async with engine.connect() as c:
+        report = await retention.run(c, settings(url), now=future)
+    assert f"telemetry_p{TODAY:%Y%m%d}" in report.dropped

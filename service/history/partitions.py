@@ -185,11 +185,13 @@ async def ensure(conn: AsyncConnection, now: datetime | None = None) -> list[str
 
 
 async def drop(conn: AsyncConnection, partition: Partition, also: list[tuple[str, dict[str, object]]]) -> bool:
-    """Drop one partition whole (plus `also`, in the same transaction): no row-by-row DELETE, no bloat.
+    """Drop one partition whole (after `also`, in the same transaction): no row-by-row DELETE, no bloat.
 
     DETACH ... CONCURRENTLY is refused while a default partition exists, so this takes ACCESS
     EXCLUSIVE on the parent for a moment, bounded by LOCK_TIMEOUT while it waits.
     """
+    # `also` first: a row lock it waits for (the rollup sweep's) must not be waited for while this
+    # transaction holds the parent, which would stall the inserts (and deadlock with the sweep).
     return await with_lock_retries(
-        conn, f"drop partition {partition.name}", [(f"DROP TABLE {partition.name}", {}), *also]
+        conn, f"drop partition {partition.name}", [*also, (f"DROP TABLE {partition.name}", {})]
     )
