@@ -108,6 +108,9 @@ async def main() -> None:
             print(f"1. first sweep over all rows: {time.perf_counter() - t:.1f} s "
                   f"({swept.minutes if swept else 0} minute, {swept.hours if swept else 0} hour buckets)")  # fmt: skip
         await conn.execute("ANALYZE")
+        async with engine.connect() as c:
+            # As the maintenance job does for the days that are over (the last partial BRIN range).
+            await partitions.summarize(c)
 
         device, start, end = "dev7", now - timedelta(days=30), now
         async with AsyncSession(engine) as session:

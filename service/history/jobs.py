@@ -53,6 +53,7 @@ async def maintain(engine: AsyncEngine, settings: Settings) -> retention.Report 
             log.debug("maintenance: another replica holds the lock")
             return None
         await partitions.ensure(conn)
+        await partitions.summarize(conn)
         return await retention.run(conn, settings)
 
 

@@ -195,3 +195,29 @@ async def drop(conn: AsyncConnection, partition: Partition, also: list[tuple[str
     return await with_lock_retries(
         conn, f"drop partition {partition.name}", [*also, (f"DROP TABLE {partition.name}", {})]
     )
+
+
+async def summarize(conn: AsyncConnection, now: datetime | None = None) -> int:
+    """Summarize the BRIN ranges of telemetry partitions no longer written to, the last partial one too.
+
+    VACUUM (and autosummarize) leave a partition's last, partial block range unsummarized, and a
+    BRIN scan reads every unsummarized range: without this, finding the rows received since the
+    last rollup sweep would read the tail of every partition in a chart's window. Summarizing a
+    range where rows still arrive would make each insert update its summary, so only partitions
+    whose day is over (by an hour) are summarized; the day being written keeps its tail unsummarized.
+    """
+    now = now or datetime.now(UTC)
+    async with conn.begin():
+        done = [p.name for p in await partitions(conn, TELEMETRY) if p.hi <= now - timedelta(hours=1)]
+        if not done:
+            return 0
+        result = await conn.execute(
+            text(
+                "SELECT coalesce(sum(brin_summarize_new_values(i.indexrelid)), 0) FROM pg_index i"
+                " JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam"
+                " WHERE am.amname = 'brin'"
+                " AND i.indrelid = ANY(SELECT to_regclass(n) FROM unnest(CAST(:names AS text[])) n)"
+            ),
+            {"names": done},
+        )
+        return int(result.scalar() or 0)

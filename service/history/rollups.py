@@ -163,6 +163,9 @@ async def sweep(conn: AsyncConnection, settle: float, now: datetime | None = Non
             hours = (await conn.execute(text(_ALL_HOURS), params)).rowcount or 0
             touched = []
         else:
+            # Small, index-driven statements: JIT compiling (which their estimates can trigger)
+            # would cost more than running them.
+            await conn.execute(text("SET LOCAL jit = off"))
             minutes = (await conn.execute(text(_MINUTES), params)).rowcount or 0
             hours = 0
             touched = list((await conn.execute(text(_TOUCHED_HOURS), params)).all())
