@@ -190,6 +190,49 @@ async def main() -> None:
               f"{ms(t_done - t_drop)}; ingestion: {2000 * len(before) / sum(before):.0f} rows/s before, "
               f"{2000 * len(during) / window:.0f} rows/s while dropping; slowest batch before "
               f"{ms(max(before))}, while dropping {ms(max(during) if during else 0)}")  # fmt: skip
+
+        # 5. Ingestion with the rollup sweep running (every 2 s, as fast as a test would set it) or not.
+        async def rate(seconds: float, sweeping: bool, base: int) -> float:
+            done = asyncio.Event()
+            rows = 0
+
+            async def writer() -> None:
+                nonlocal rows
+                w = await asyncpg.connect(url)
+                k = 0
+                try:
+                    while not done.is_set():
+                        stamp = datetime.now(UTC)
+                        batch = [(f"r{i % 500}", now + timedelta(microseconds=(base + k) * 2000 + i), 20.0,
+                                  40.0, 3.3, 1000, None, stamp) for i in range(2000)]  # fmt: skip
+                        async with w.transaction():
+                            await w.copy_records_to_table("telemetry", records=batch, columns=sql.TELEMETRY_COLUMNS)
+                        rows += len(batch)
+                        k += 1
+                finally:
+                    await w.close()
+
+            async def sweeper() -> None:
+                async with engine.connect() as c:
+                    while not done.is_set():
+                        await rollups.sweep(c, settle=0.0)
+                        await asyncio.sleep(2)
+
+            tasks = [asyncio.create_task(writer())] + ([asyncio.create_task(sweeper())] if sweeping else [])
+            await asyncio.sleep(seconds)
+            done.set()
+            await asyncio.gather(*tasks)
+            return rows / seconds
+
+        async with engine.connect() as c:
+            await rollups.sweep(c, settle=0.0)
+        off1 = await rate(20, False, 1_000_000)
+        on1 = await rate(20, True, 2_000_000)
+        off2 = await rate(20, False, 3_000_000)
+        on2 = await rate(20, True, 4_000_000)
+        print(f"5. COPY ingestion (batches of 2 000, one connection), 20 s each: sweep off {off1:.0f} / {off2:.0f} "
+              f"rows/s, sweep every 2 s {on1:.0f} / {on2:.0f} rows/s "
+              f"({(on1 + on2) / (off1 + off2) - 1:+.1%})")  # fmt: skip
         await conn.close()
         await engine.dispose()
     finally:
