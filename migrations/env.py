@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.config import load_settings
+from service.history.partitions import is_partition
 from service.storage.db import connect_args, split_tls
 from service.storage.tables import Base
 
@@ -34,6 +35,11 @@ def _schema() -> str:
     return str(schema) if schema else load_settings().database_schema
 
 
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    # Partitions are made by the service (service/history/partitions.py), not by the models.
+    return not (type_ == "table" and reflected and name is not None and is_partition(name))
+
+
 def do_run_migrations(connection: Connection) -> None:
     schema = _schema()
     # Runs inside the caller's transaction (engine.begin()), before alembic looks for its version
@@ -43,7 +49,11 @@ def do_run_migrations(connection: Connection) -> None:
     # The connection's search_path names this schema, so the unqualified DDL of the migrations
     # lands in it; the version table goes there too.
     context.configure(
-        connection=connection, target_metadata=target_metadata, compare_type=True, version_table_schema=schema
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        version_table_schema=schema,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -218,6 +218,20 @@ class Settings(BaseSettings):
     events_health_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     # Events are still recorded this long after the last client left, so a reconnect resumes.
     events_resume_seconds: Annotated[float, Field(ge=0, le=86_400)] = 60.0
+    # History (docs/retention.md): days kept, 0 = forever. Retention drops whole partitions.
+    telemetry_retention_days: Annotated[int, Field(ge=0, le=36_500)] = 30
+    relay_history_retention_days: Annotated[int, Field(ge=0, le=36_500)] = 365
+    dead_letter_retention_days: Annotated[int, Field(ge=0, le=36_500)] = 30
+    # Resolved alerts; applies once the alerts table exists (skipped while it does not).
+    alert_retention_days: Annotated[int, Field(ge=0, le=36_500)] = 90
+    rollup_retention_days: Annotated[int, Field(ge=0, le=36_500)] = 400
+    # Partition upkeep and retention run at start and then this often (any value from 1 s).
+    retention_interval_seconds: Annotated[float, Field(ge=1, le=30 * 86_400)] = 3600.0
+    # The rollup sweep runs this often; 0 = never (reads then always aggregate the raw rows).
+    rollup_interval_seconds: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+    # Rows are rolled up once they were received this long ago: a batch still on its way to the
+    # database (the writer's linger and retries) must be committed by then.
+    rollup_settle_seconds: Annotated[float, Field(ge=0, le=86_400)] = 60.0
 
     @field_validator("mqtt_monitor_log_level")
     @classmethod

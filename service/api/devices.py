@@ -190,6 +190,7 @@ async def accept_device(runtime: RuntimeDep, session: SessionDep, device_id: Dev
 @router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic] | TelemetryBuckets, responses=_UNKNOWN)
 async def get_telemetry(
     session: SessionDep,
+    runtime: RuntimeDep,
     device_id: DeviceId,
     start: From = None,
     end: To = None,
@@ -197,12 +198,17 @@ async def get_telemetry(
     limit: Limit = 1000,
 ) -> Any:
     """Raw rows, oldest first; with `bucket`, aggregates per bucket computed by PostgreSQL (`date_bin`,
-    buckets aligned on 2000-01-01T00:00:00Z). `limit` counts rows, or buckets."""
+    buckets aligned on 2000-01-01T00:00:00Z). `limit` counts rows, or buckets. A bucket of whole
+    minutes or hours is read from the one-minute or one-hour rollups where they are complete (the
+    same figures as from the raw rows, cheaper on long windows: docs/retention.md)."""
     _check_window(start, end)
     await _existing(session, device_id)
     if bucket is None:
         return [TelemetryPublic(**r) for r in await queries.telemetry(session, device_id, start, end, limit)]
-    rows = await queries.telemetry_buckets(session, device_id, _width(bucket), start, end, limit)
+    rows = await queries.telemetry_buckets(
+        session, device_id, _width(bucket), start, end, limit,
+        use_rollups=runtime.settings.rollup_interval_seconds > 0,
+    )  # fmt: skip
     items = [
         TelemetryBucket(
             start=r["start"],

@@ -90,8 +90,16 @@ class TelemetryRow(Base):
     memory_free: Mapped[int | None] = mapped_column(BigInteger)
     extra: Mapped[dict[str, float] | None] = mapped_column(JSONB)
     received_at: Mapped[datetime] = mapped_column(TS)
-    # Only the primary key (device_id, ts) is indexed: queries are per device, and every further
-    # index costs the busiest table a b-tree insert per row.
+    # The primary key (device_id, ts) is the only b-tree: queries are per device, and every further
+    # b-tree costs the busiest table an insert per row. The BRIN on received_at lets the rollup
+    # sweep find rows stored since its last pass (rows arrive in received_at order, so a block
+    # range summary is tight) at next to no cost per insert.
+    # Range-partitioned by ts (migration 0003, service/history/partitions.py): one partition a day
+    # plus a default partition for timestamps outside the created days.
+    __table_args__ = (
+        Index(None, "received_at", postgresql_using="brin", postgresql_with={"autosummarize": "on"}),
+        {"postgresql_partition_by": "RANGE (ts)"},
+    )
 
 
 class Relay(Base):
@@ -114,6 +122,9 @@ class RelayStateHistory(Base):
     state: Mapped[bool] = mapped_column(Boolean)
     triggered_by: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(TS)
+
+    # Range-partitioned by ts, one partition a month (service/history/partitions.py).
+    __table_args__ = ({"postgresql_partition_by": "RANGE (ts)"},)
 
 
 class DisplayInteractionRow(Base):
@@ -276,3 +287,56 @@ class RuleFiring(Base):
         Index(None, "rule", "id"),
         Index(None, "status", "id"),
     )
+
+
+class _Rollup:
+    """Per device and bucket: the row count, and per known metric count, sum, min and max.
+
+    Sums and counts (not means) so buckets combine exactly into wider ones. Written only by the
+    rollup sweep (service/history/rollups.py), recomputed from the raw rows.
+    """
+
+    device_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    temperature_count: Mapped[int] = mapped_column(Integer)
+    temperature_sum: Mapped[float | None] = mapped_column(Double)
+    temperature_min: Mapped[float | None] = mapped_column(Double)
+    temperature_max: Mapped[float | None] = mapped_column(Double)
+    humidity_count: Mapped[int] = mapped_column(Integer)
+    humidity_sum: Mapped[float | None] = mapped_column(Double)
+    humidity_min: Mapped[float | None] = mapped_column(Double)
+    humidity_max: Mapped[float | None] = mapped_column(Double)
+    voltage_count: Mapped[int] = mapped_column(Integer)
+    voltage_sum: Mapped[float | None] = mapped_column(Double)
+    voltage_min: Mapped[float | None] = mapped_column(Double)
+    voltage_max: Mapped[float | None] = mapped_column(Double)
+    memory_free_count: Mapped[int] = mapped_column(Integer)
+    # A float8 holds integer sums exactly up to 2^53: far above a bucket's worth of memory_free.
+    memory_free_sum: Mapped[float | None] = mapped_column(Double)
+    memory_free_min: Mapped[int | None] = mapped_column(BigInteger)
+    memory_free_max: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TelemetryRollupMinute(_Rollup, Base):
+    __tablename__ = "telemetry_rollup_1m"
+    __table_args__ = ({"postgresql_partition_by": "RANGE (bucket)"},)
+
+
+class TelemetryRollupHour(_Rollup, Base):
+    __tablename__ = "telemetry_rollup_1h"
+    __table_args__ = ({"postgresql_partition_by": "RANGE (bucket)"},)
+
+
+class RollupState(Base):
+    """One row: how far the rollup sweep has read (by received_at), and from when raw rows are complete."""
+
+    __tablename__ = "telemetry_rollup_state"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    # Every raw row received up to this time is in the rollups ('-infinity': nothing rolled up yet).
+    received_through: Mapped[datetime] = mapped_column(TS)
+    # Retention dropped the raw rows before this time: older buckets are never recomputed
+    # ('-infinity': nothing dropped yet).
+    raw_complete_from: Mapped[datetime] = mapped_column(TS)
+    swept_at: Mapped[datetime | None] = mapped_column(TS)

@@ -1,0 +1,183 @@
+"""One-minute and one-hour rollups of telemetry, recomputed by a sweep from the raw rows.
+
+Nothing happens per message or per batch: every ROLLUP_INTERVAL_SECONDS one replica (advisory
+lock, see jobs.py) finds the rows received since its watermark (`received_at`, through the BRIN
+index), and recomputes every minute bucket they fall in *from all raw rows of that bucket*, then
+the hours those minutes fall in from the minutes. A late sample, a redelivered one (stored once by
+the writer's ON CONFLICT, so counted once) or a whole late batch only makes its buckets be
+recomputed: a rollup is always what a GROUP BY over the raw rows says at the time of the sweep.
+
+The watermark trails the clock by ROLLUP_SETTLE_SECONDS: a row is stamped `received_at` when the
+service receives the message, and committed a little later (the writer's linger, its backlog).
+A bucket whose raw rows retention has dropped (before `raw_complete_from`) is never recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+log = logging.getLogger(__name__)
+
+METRICS = ("temperature", "humidity", "voltage", "memory_free")
+# date_bin's origin everywhere (the API's buckets too), so minutes and hours nest in any bucket.
+ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+LEVELS = {MINUTE: "telemetry_rollup_1m", HOUR: "telemetry_rollup_1h"}
+
+_COLUMNS = ["n"] + [f"{m}_{p}" for m in METRICS for p in ("count", "sum", "min", "max")]
+_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS)
+# Changed rows only: a bucket recomputed to the same figures costs no new row version.
+_CHANGED = " OR ".join(f"r.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _COLUMNS)
+
+
+def combined_aggregates(prefix: str = "m.") -> str:
+    return ", ".join(
+        f"sum({prefix}{m}_count), sum({prefix}{m}_sum), min({prefix}{m}_min), max({prefix}{m}_max)" for m in METRICS
+    )
+
+
+def _raw_partials(prefix: str = "") -> str:
+    return ", ".join(
+        f"count({prefix}{m}) AS {m}_count, sum({prefix}{m}) AS {m}_sum, min({prefix}{m}) AS {m}_min, "
+        f"max({prefix}{m}) AS {m}_max"
+        for m in METRICS
+    )
+
+
+_UPSERT = f"ON CONFLICT (device_id, bucket) DO UPDATE SET {_SET} WHERE {_CHANGED}"
+
+# Each touched bucket is recomputed by an index range scan of its own (LATERAL): a join on the
+# time range would make the planner hash whole devices' rows against every bucket.
+_MINUTES = f"""
+WITH touched AS (
+    SELECT DISTINCT device_id, date_bin('1 minute', ts, :origin) AS bucket
+    FROM telemetry
+    WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
+)
+INSERT INTO telemetry_rollup_1m AS r (device_id, bucket, {", ".join(_COLUMNS)})
+SELECT k.device_id, k.bucket, a.*
+FROM touched k CROSS JOIN LATERAL (
+    SELECT count(*) AS n, {_raw_partials("t.")}
+    FROM telemetry t
+    WHERE t.device_id = k.device_id AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
+) a
+{_UPSERT}
+"""
+
+# The first sweep (nothing rolled up yet, as after the migration): one pass over everything.
+_ALL_MINUTES = f"""
+INSERT INTO telemetry_rollup_1m AS r (device_id, bucket, {", ".join(_COLUMNS)})
+SELECT device_id, date_bin('1 minute', ts, :origin), count(*), {_raw_partials()}
+FROM telemetry
+WHERE ts >= :complete
+GROUP BY 1, 2
+{_UPSERT}
+"""
+
+_ALL_HOURS = f"""
+INSERT INTO telemetry_rollup_1h AS r (device_id, bucket, {", ".join(_COLUMNS)})
+SELECT device_id, date_bin('1 hour', bucket, :origin), sum(n), {combined_aggregates("")}
+FROM telemetry_rollup_1m
+WHERE bucket >= :complete
+GROUP BY 1, 2
+{_UPSERT}
+"""
+
+_TOUCHED_HOURS = """
+SELECT DISTINCT device_id, date_bin('1 hour', ts, :origin) AS bucket
+FROM telemetry
+WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
+"""
+
+_HOURS = f"""
+INSERT INTO telemetry_rollup_1h AS r (device_id, bucket, {", ".join(_COLUMNS)})
+SELECT h.device_id, h.bucket, a.*
+FROM unnest(CAST(:devices AS text[]), CAST(:hours AS timestamptz[])) AS h(device_id, bucket)
+CROSS JOIN LATERAL (
+    SELECT sum(m.n) AS n, {combined_aggregates()}
+    FROM telemetry_rollup_1m m
+    WHERE m.device_id = h.device_id AND m.bucket >= h.bucket AND m.bucket < h.bucket + interval '1 hour'
+) a
+WHERE a.n IS NOT NULL
+{_UPSERT}
+"""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    received_through: datetime
+    minutes: int
+    hours: int
+
+
+@dataclass(frozen=True)
+class State:
+    received_through: datetime
+    raw_complete_from: datetime
+
+
+async def state(conn: AsyncConnection, *, lock: bool = False) -> State | None:
+    result = await conn.execute(
+        text(
+            "SELECT received_through, raw_complete_from FROM telemetry_rollup_state WHERE id = 1"
+            + (" FOR UPDATE" if lock else "")
+        )
+    )
+    row = result.first()
+    return State(aware(row[0]), aware(row[1])) if row else None
+
+
+def aware(value: datetime) -> datetime:
+    # asyncpg reads '-infinity' as a naive datetime.min (and writes an aware one back as '-infinity').
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def floor(t: datetime, level: timedelta) -> datetime:
+    return ORIGIN + ((t - ORIGIN) // level) * level
+
+
+def ceil(t: datetime, level: timedelta) -> datetime:
+    low = floor(t, level)
+    return low if low == t else low + level
+
+
+async def sweep(conn: AsyncConnection, settle: float, now: datetime | None = None) -> Sweep | None:
+    """Roll up what was received since the last sweep, in one transaction; None if nothing to do."""
+    hi = (now or datetime.now(UTC)) - timedelta(seconds=settle)
+    async with conn.begin():
+        current = await state(conn, lock=True)
+        if current is None or hi <= current.received_through:
+            return None
+        params = {"origin": ORIGIN, "lo": current.received_through, "hi": hi, "complete": current.raw_complete_from}
+        if current.received_through == NEVER:
+            minutes = (await conn.execute(text(_ALL_MINUTES), params)).rowcount or 0
+            hours = (await conn.execute(text(_ALL_HOURS), params)).rowcount or 0
+            touched = []
+        else:
+            # Small, index-driven statements: JIT compiling (which their estimates can trigger)
+            # would cost more than running them.
+            await conn.execute(text("SET LOCAL jit = off"))
+            minutes = (await conn.execute(text(_MINUTES), params)).rowcount or 0
+            hours = 0
+            touched = list((await conn.execute(text(_TOUCHED_HOURS), params)).all())
+        if touched:
+            result = await conn.execute(
+                text(_HOURS), {"devices": [r[0] for r in touched], "hours": [r[1] for r in touched]}
+            )
+            hours = result.rowcount or 0
+        await conn.execute(
+            text("UPDATE telemetry_rollup_state SET received_through = :hi, swept_at = now() WHERE id = 1"),
+            {"hi": hi},
+        )
+    if minutes or hours:
+        log.debug("rollups: %d minute and %d hour buckets rewritten through %s", minutes, hours, hi.isoformat())
+    return Sweep(hi, minutes, hours)
