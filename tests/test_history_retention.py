@@ -109,7 +109,7 @@ async def test_retention_drops_whole_partitions_and_keeps_the_default(
         dry = await retention.run(c, cfg, dry_run=True, now=future)
     assert any(f"would drop partition telemetry_p{TODAY:%Y%m%d}" in line for line in dry.lines)
     assert "would delete 1 rows of dead_letters" in dry.lines
-    assert "alerts: no alerts table yet, nothing to trim" in dry.lines
+    assert "would delete 0 rows of alerts" in dry.lines
     assert await conn.fetchval("SELECT count(*) FROM telemetry") == 2  # a dry run changes nothing
     assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 3
 
@@ -136,13 +136,14 @@ async def test_retention_drops_whole_partitions_and_keeps_the_default(
     assert await conn.fetchval("SELECT count(*) FROM relay_state_history") == 1
 
 
-async def test_alerts_trimmed_once_the_table_exists(pg: tuple[AsyncEngine, asyncpg.Connection, str]) -> None:
+async def test_resolved_alerts_are_trimmed(pg: tuple[AsyncEngine, asyncpg.Connection, str]) -> None:
     engine, conn, url = pg
-    # Stand-in for issue 11's table: only the columns retention relies on.
-    await conn.execute("CREATE TABLE alerts (id bigserial PRIMARY KEY, resolved_at timestamptz)")
     now = datetime.now(UTC)
+    # Resolved 100 days ago (past ALERT_RETENTION_DAYS), resolved now, and open: only the first goes.
     await conn.executemany(
-        "INSERT INTO alerts (resolved_at) VALUES ($1)", [(now - timedelta(days=100),), (now,), (None,)]
+        "INSERT INTO alerts (device_id, kind, key, severity, message, resolved_at)"
+        " VALUES ($1, 'offline', '', 'warning', 'x', $2)",
+        [("A1", now - timedelta(days=100)), ("A2", now), ("A3", None)],
     )
     async with engine.connect() as c:
         report = await retention.run(c, settings(url), now=now)

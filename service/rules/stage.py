@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from service.records import RuleRecord
 from service.rules import metrics
 from service.rules.loader import RouteRules
@@ -184,7 +186,8 @@ class RouteStage:
 
 def _context(ctx: MessageContext) -> dict[str, Any]:
     model: Any = ctx.model
-    out: dict[str, Any] = dict(model)
+    # The route's Pydantic model, or on the fast path its msgspec twin (service/models/fast.py).
+    out: dict[str, Any] = msgspec.structs.asdict(model) if isinstance(model, msgspec.Struct) else dict(model)
     out.update(ctx.params)
     return out
 
