@@ -186,9 +186,10 @@ def test_every_replica_took_a_share(outcome: Outcome) -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="connectivity events are derived per batch against the stored state (LOCK_STATUS + "
-    "connectivity_changes): a status committed out of order by another replica, or redelivered after "
-    "the kill, is skipped as older, so transitions around it are lost (issue 11 rewrites this in SQL)",
+    reason="connectivity events are derived against the stored state (service/watch/liveness.py): a status "
+    "another replica commits out of order, or one redelivered after the kill, is older than the stored one and "
+    "is skipped, so the transitions around it are not recorded; deriving them from the ordered status history "
+    "in SQL would fix it (issue 14)",
 )
 def test_connectivity_events_are_what_one_consumer_records(outcome: Outcome) -> None:
     missing, extra = outcome.traffic.events - outcome.events, outcome.events - outcome.traffic.events
