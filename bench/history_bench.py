@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """History benchmark (not a test): long charts from rollups vs raw rows, sweep cost, retention stall.
 
-    flock /tmp/autocore-bench.lock .venv/bin/python bench/history_bench.py [--rows 10000000] [--devices 40]
+    .venv/bin/python bench/history_bench.py [--rows 10000000] [--devices 40]
 
 Makes a throw-away database on TEST_PG_ADMIN_URL's server (default postgresql://postgres@127.0.0.1:5432/
 postgres), fills `telemetry` by SQL with --rows rows over the last 30 days (--devices devices, evenly

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cost of the rules on the hot path: the referee's telemetry scenario with and without rules.
 
-    flock /tmp/autocore-bench.lock .venv/bin/python bench/rules_bench.py [-m 200000] [--rounds 3]
+    .venv/bin/python bench/rules_bench.py [-m 200000] [--rounds 3]
 
 Three sinks, the service with the same settings as bench/autocore.toml and:
   no-rules          no RULES_FILE

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cost of the inactivity sweep (service/watch/sweep.py) for a large fleet.
 
-    flock /tmp/autocore-bench.lock .venv/bin/python bench/sweep.py [-n 100000] [--admin-url URL]
+    .venv/bin/python bench/sweep.py [-n 100000] [--admin-url URL]
 
 Creates a database of its own (dropped at the end) on the admin URL's server, migrates it, registers
 N devices, and times the sweep the service runs every DEVICE_SWEEP_INTERVAL_SECONDS:

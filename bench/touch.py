@@ -3,7 +3,7 @@
 and after the watch (revival of offline devices, RETURNING new and revived ones, the sweep's partial
 index), on a database of its own. The end-to-end figure is bench.py's telemetry scenario.
 
-    flock /tmp/autocore-bench.lock .venv/bin/python bench/touch.py [-n 500] [--rounds 300]
+    .venv/bin/python bench/touch.py [-n 500] [--rounds 300]
 """
 
 from __future__ import annotations
