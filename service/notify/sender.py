@@ -37,6 +37,9 @@ WHERE status = 'pending' AND next_attempt_at <= now() AND created_at < now() - m
 RETURNING channel
 """
 
+# Rows claimed by a sender that stopped before it finished with them: due again at once.
+RELEASE = "UPDATE notifications SET next_attempt_at = now() WHERE id = ANY($1::bigint[]) AND status = 'pending'"
+
 CLAIM = """
 UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $2), attempts = n.attempts + 1
 WHERE n.id IN (SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= now()
@@ -80,6 +83,7 @@ class Sender:
         # A claimed row is someone's for this long: longer than any send can take.
         self.lease = send_timeout * 2 + 5
         self._wake = asyncio.Event()
+        self._claimed: set[int] = set()  # ids claimed and not yet marked sent or failed
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -95,6 +99,13 @@ class Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._claimed:
+            # Stopped mid-send: hand the rows back now, not when their lease runs out, so the next
+            # run (or another replica) delivers them at once. A failure here leaves the lease to expire.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2), raw_connection(self._engine) as conn:
+                    await conn.execute(RELEASE, sorted(self._claimed))
+            self._claimed = set()
         for channel in self._channels.values():
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -129,6 +140,7 @@ class Sender:
                 rows = await conn.fetch(CLAIM, self.page, self.lease)
         if not rows:
             return 0
+        self._claimed = {r["id"] for r in rows}
         groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
         for r in sorted(rows, key=lambda r: r["id"]):
             # Every MQTT row goes to the one broker: one group. Each webhook URL is its own.
@@ -148,6 +160,7 @@ class Sender:
                     metrics.NOTIFICATION_ATTEMPTS_FAILED.labels(r["channel"]).inc()
                     if r["status"] == "failed":
                         metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
+        self._claimed = set()
         by_channel: dict[str, int] = defaultdict(int)
         done = set(sent)
         for r in rows:
