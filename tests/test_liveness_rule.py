@@ -93,3 +93,16 @@ def test_a_new_device_created_by_its_own_unstamped_status_takes_it() -> None:
     received = 1_800_000_000.1234567
     state, _, changes = walk("D", [status(True, None, received)], _State(None, None, received + 4e-7, None), None)
     assert (state.is_online, [c[3] for c in changes]) == (True, ["status"])
+
+
+def test_unstamped_online_applies_whether_or_not_telemetry_shares_its_batch() -> None:
+    # Alone in its batch, or followed by the device's telemetry in the same one: the same answer,
+    # or the outcome would depend on how messages fell into batches.
+    for other in (None, NOW + 0.1):
+        state, _, changes = walk("D", [status(True, None, NOW)], known(None, None, None), other_seen=other)
+        assert (state.is_online, [c[3] for c in changes]) == (True, ["status"]), other
+    # A later status in the batch still outranks it; an unstamped offline followed by news is stale.
+    state, _, _ = walk("D", [status(True, None, NOW), status(False, None, NOW + 0.1)], known(None, None, None), None)
+    assert state.is_online is False
+    state, _, changes = walk("D", [status(False, None, NOW)], known(True), other_seen=NOW + 0.1)
+    assert (state.is_online, changes) == (True, [])

@@ -139,17 +139,27 @@ def walk(
     online, status_ts, changed, why = state.is_online, state.status_ts, state.changed, state.cause
     # The newest receive time after each status (other messages, later live statuses).
     after: list[float] = []
+    after_status: list[float] = []  # the same, later live statuses only
     newest = other_seen or 0.0
+    newest_status = 0.0
     for r in reversed(recs):
         after.append(newest)
+        after_status.append(newest_status)
         if not r.retained:
             newest = max(newest, r.received_at)
+            newest_status = max(newest_status, r.received_at)
     after.reverse()
+    after_status.reverse()
     heard = max([r.received_at for r in recs if not r.retained] + ([other_seen] if other_seen else []), default=None)
-    for r, later_at in zip(recs, after, strict=True):
+    for r, later_at, later_status in zip(recs, after, after_status, strict=True):
         # A redelivery (DUP) was first received earlier: it cannot be the last thing we heard.
         # (Stored times are whole microseconds: to_timestamp() may round this very message's up.)
-        received_last = not r.redelivered and later_at <= r.received_at and state.last_seen <= r.received_at + _US
+        fresh = not r.redelivered and state.last_seen <= r.received_at + _US
+        received_last = fresh and later_at <= r.received_at
+        # An unstamped "online" followed in the same batch by the device's other messages is not
+        # contradicted by them (they say it is alive): only a later status or stored news outranks
+        # it. Without this, whether it applied would depend on how messages fell into batches.
+        online_not_outranked = fresh and r.is_online and later_status <= r.received_at
         newer_on_device_clock = r.stamped and (status_ts is None or r.ts > status_ts)
         cause: str | None = None
         if r.retained:
@@ -159,7 +169,7 @@ def walk(
             cause = "status"
         elif received_last and not r.is_online:
             cause = "will"
-        elif received_last and not r.stamped:
+        elif (received_last or online_not_outranked) and not r.stamped:
             cause = "status"
         if cause is None:
             continue  # stale: older than what we know
