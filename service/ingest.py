@@ -66,8 +66,11 @@ class Ingestor:
         return len(self._inbox) + self.writer.backlog
 
     def submit(self, message: InboundMessage) -> None:
-        self._inbox.append(message)
-        self._arrived.set()
+        inbox = self._inbox
+        if not inbox:
+            # A non-empty inbox is being worked through: the loop takes this one before it waits again.
+            self._arrived.set()
+        inbox.append(message)
         # Checked on every message, not only on the transition: a connection made while we were
         # holding (after a reconnect) must be held too.
         if len(self._inbox) + self.writer.backlog >= self.window:
@@ -98,7 +101,7 @@ class Ingestor:
         self._tasks = []
 
     async def _process_loop(self) -> None:
-        inbox, process, add = self._inbox, self.pipeline.process_batch, self.writer.add
+        inbox, process, add = self._inbox, self.pipeline.process_batch, self.writer.add_many
         chunk = self.writer.batch_size
         while True:
             await self._arrived.wait()
@@ -114,8 +117,7 @@ class Ingestor:
                 results = await process(batch)
                 for _ in range(len(batch)):
                     inbox.popleft()
-                for message, (route, records) in zip(batch, results, strict=True):
-                    add(Pending(message, records, route))
+                add([Pending(msg, records, route) for msg, (route, records) in zip(batch, results, strict=True)])
             metrics.LAST_MESSAGE.set(self.stats.last_message_time)
             metrics.IN_FLIGHT.set(self.in_flight)
 

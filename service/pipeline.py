@@ -19,7 +19,7 @@ from service.models.fast import FAST_DECODERS
 from service.mqtt.message import InboundMessage
 from service.records import DeadLetterRecord, Record
 from service.routing.middleware import BatchAware, Middleware, Next, compose
-from service.routing.router import Route, Router
+from service.routing.router import OWN_TOPIC, Route, Router
 
 log = logging.getLogger(__name__)
 
@@ -105,23 +105,27 @@ def _pydantic(ctx: MessageContext) -> Any:
         raise PayloadInvalid(describe(exc)) from None
 
 
-_fast_decoder = FAST_DECODERS.get
+def _endpoint(route: Route, fast_decode: bool) -> Next:
+    """Validation and the handler for one route, its fast decoder (if any) bound once."""
+    handler = route.handler
+    fast = FAST_DECODERS.get(route.model) if fast_decode else None
+    if fast is None:
 
+        async def validate_with_pydantic(ctx: MessageContext) -> Outcome:
+            ctx.model = model = _pydantic(ctx)
+            return await handler(model, ctx)
 
-async def _validate_and_handle(ctx: MessageContext) -> Outcome:
-    route = ctx.route
-    fast = _fast_decoder(route.model)
-    model = fast(ctx.payload) if fast is not None else None
-    if model is None:
-        # Pydantic decides whatever the fast path does not take, and words every refusal.
-        model = _pydantic(ctx)
-    ctx.model = model
-    return await route.handler(model, ctx)
+        return validate_with_pydantic
 
+    async def validate_and_handle(ctx: MessageContext) -> Outcome:
+        model = fast(ctx.payload)
+        if model is None:
+            # Pydantic decides whatever the fast path does not take, and words every refusal.
+            model = _pydantic(ctx)
+        ctx.model = model
+        return await handler(model, ctx)
 
-async def _validate_with_pydantic(ctx: MessageContext) -> Outcome:
-    ctx.model = _pydantic(ctx)
-    return await ctx.route.handler(ctx.model, ctx)
+    return validate_and_handle
 
 
 class Pipeline:
@@ -138,13 +142,12 @@ class Pipeline:
     ) -> None:
         """`fast_decode=False` validates every message with Pydantic (the reference the fast path is tested against)."""
         self.router = router
-        endpoint = _validate_and_handle if fast_decode else _validate_with_pydantic
         self._chains: dict[str, Next] = {}
         # route name -> the batch-aware middleware of its chain (prepared once per batch)
         self._batch_aware: dict[str, list[BatchAware]] = {}
         for route in router.routes:
             chain = (*middleware, *route.middleware)
-            self._chains[route.name] = compose(chain, endpoint)
+            self._chains[route.name] = compose(chain, _endpoint(route, fast_decode))
             self._batch_aware[route.name] = [cast(BatchAware, mw) for mw in chain if isinstance(mw, BatchAware)]
         self._any_batch_aware = any(self._batch_aware.values())
         # The owner may change its contents (a rules reload).
@@ -156,34 +159,36 @@ class Pipeline:
 
     async def process_batch(self, messages: Sequence[InboundMessage]) -> list[tuple[str | None, Outcome]]:
         """`process` for each message, in order; batch-aware middleware sees the batch first."""
-        match, own = self.router.match, self.router.is_own
+        resolve = self.router.resolve
         contexts: list[MessageContext | None] = []
+        found: list[tuple[Route, dict[str, Any]] | bool] = []
         for message in messages:
-            found = None if own(message.topic) else match(message.topic)
-            contexts.append(MessageContext(message, found[0], found[1]) if found is not None else None)
+            hit = resolve(message.topic)
+            found.append(hit)
+            contexts.append(MessageContext(message, hit[0], hit[1]) if type(hit) is tuple else None)
         if self._any_batch_aware:
             await self._prepare(contexts)
         results: list[tuple[str | None, Outcome]] = []
-        after = self._after
-        for message, ctx in zip(messages, contexts, strict=True):
+        add, after, chains = results.append, self._after, self._chains
+        for message, ctx, hit in zip(messages, contexts, found, strict=True):
             if ctx is None:
-                if own(message.topic):
-                    results.append((OWN, []))  # what we published ourselves: acknowledged, nothing stored
+                if hit is OWN_TOPIC:
+                    add((OWN, []))  # what we published ourselves: acknowledged, nothing stored
                 else:
-                    results.append((None, [dead_letter(message, NoRoute(f"no route for topic {message.topic!r}"))]))
+                    add((None, [dead_letter(message, NoRoute(f"no route for topic {message.topic!r}"))]))
                 continue
             name = ctx.route.name
             try:
-                records = await self._chains[name](ctx)
+                records = await chains[name](ctx)
             except IngestError as exc:
-                results.append((name, [dead_letter(message, exc)]))
+                add((name, [dead_letter(message, exc)]))
                 continue
             except Exception as exc:  # a handler bug must not stop ingestion: keep the message
                 log.exception("handler for route %s failed", name)
-                results.append((name, [dead_letter(message, exc, stage="handler")]))
+                add((name, [dead_letter(message, exc, stage="handler")]))
                 continue
             hook = after.get(name)
-            results.append((name, records if hook is None else hook(ctx, records)))
+            add((name, records if hook is None else hook(ctx, records)))
         return results
 
     async def _prepare(self, contexts: Sequence[MessageContext | None]) -> None:

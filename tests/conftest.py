@@ -21,6 +21,7 @@ from alembic import command
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.config import Settings
 from service.main import create_app
@@ -29,6 +30,7 @@ from tests.support.broker import Broker
 from tests.support.database import temporary_database
 from tests.support.proxy import CuttableProxy
 from tests.support.publisher import Publisher
+from tests.support.receiver import Receiver
 
 TABLES = (
     "devices",
@@ -96,6 +98,25 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An SQLAlchemy engine on the test database, for parts built without the service (a Sender)."""
+    eng = create_async_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on a free port (tests/support/receiver.py)."""
+    r = Receiver()
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
 
 
 @pytest.fixture

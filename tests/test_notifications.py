@@ -11,14 +11,11 @@ import hmac
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.notify.outbox import WEBHOOK, Outbox
 from service.notify.sender import Sender
@@ -36,16 +33,6 @@ FAST_RETRY = {
     "notify_retry_max_delay_seconds": 0.3,
     "notify_poll_seconds": 0.1,
 }
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 class AlertSubscriber:
@@ -230,13 +217,6 @@ async def test_critical_relay_change_notified_once_under_redelivery(
     assert len(bodies) == 1
     assert (bodies[0]["kind"], bodies[0]["key"], bodies[0]["state"]) == ("critical_relay", "1", "event")
     assert (bodies[0]["details"]["state"], bodies[0]["details"]["previous_state"]) == (False, True)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[Any]:
-    eng = create_async_engine(database_url)
-    yield eng
-    await eng.dispose()
 
 
 async def test_two_senders_on_one_outbox_never_send_a_row_twice(

@@ -73,16 +73,6 @@ async def _delete_chunks(conn: AsyncConnection, table: str, where: str, params: 
             return total
 
 
-async def _alerts_resolved_column(conn: AsyncConnection) -> bool:
-    """The alerts table (issue 11) with the columns this needs; False while it does not exist."""
-    found = await _scalar(
-        conn,
-        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('alerts') "
-        "AND attname IN ('id', 'resolved_at') AND NOT attisdropped",
-    )
-    return found == 2
-
-
 async def run(
     conn: AsyncConnection, settings: Settings, *, dry_run: bool = False, now: datetime | None = None
 ) -> Report:
@@ -127,13 +117,11 @@ async def run(
     else:
         report.say("dead_letters: kept forever")
 
-    if not settings.alert_retention_days:
-        report.say("alerts: kept forever")
-    elif await _alerts_resolved_column(conn):
+    if settings.alert_retention_days:
         cutoff = now - timedelta(days=settings.alert_retention_days)
         await _trim(conn, report, "alerts", "resolved_at < :cutoff", {"cutoff": cutoff}, dry_run)
     else:
-        report.say("alerts: no alerts table yet, nothing to trim")
+        report.say("alerts: kept forever")
     return report
 
 

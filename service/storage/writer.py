@@ -134,10 +134,15 @@ class BatchWriter:
         return len(self._pending) + self.in_commit
 
     def add(self, item: Pending) -> None:
+        self.add_many([item])
+
+    def add_many(self, items: list[Pending]) -> None:
+        if not items:
+            return
         if not self._pending:
             self._first_at = time.monotonic()
             self._nonempty.set()
-        self._pending.append(item)
+        self._pending.extend(items)
         if len(self._pending) >= self.batch_size:
             self._full.set()
 

@@ -1,5 +1,6 @@
 """A real HTTP receiver for webhook tests: a stdlib server in a thread, on a free loopback port, that
-records every POST and can be switched to answer 503 (down) or be stopped and started again."""
+records every POST and can be switched to answer 503 (down), made to hold requests unanswered until
+released (`hold()` / `release()`), or be stopped and started again."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class Receiver:
         self.received: list[tuple[dict[str, str], bytes]] = []  # (headers, body) of accepted POSTs
         self.refused = 0
         self.down = False  # answer 503
+        self.waiting = 0  # requests being held now
+        self._open = threading.Event()  # cleared: requests wait (unanswered) until it is set
+        self._open.set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -31,6 +35,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not receiver._open.is_set():
+                    with receiver._lock:
+                        receiver.waiting += 1
+                    receiver._open.wait(30)
+                    with receiver._lock:
+                        receiver.waiting -= 1
                 with receiver._lock:
                     if receiver.down:
                         receiver.refused += 1
@@ -50,7 +60,15 @@ class Receiver:
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
         self._thread.start()
 
+    def hold(self) -> None:
+        """Requests from now on wait, unanswered, until `release()`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     def stop(self) -> None:
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -42,8 +42,9 @@ def compose(middleware: Sequence[Middleware], endpoint: Next) -> Next:
 
 
 def _bind(mw: Middleware, call_next: Next) -> Next:
-    async def step(ctx: MessageContext) -> Outcome:
-        return await mw(ctx, call_next)
+    # A plain function handing back the middleware's coroutine: one coroutine per middleware, not two.
+    def step(ctx: MessageContext) -> Awaitable[Outcome]:
+        return mw(ctx, call_next)
 
     return step
 

@@ -56,7 +56,8 @@ class MessageLogging:
             return out
         if type(first) is StatusRecord:
             self._status_change(first)
-        self._debug(ctx, "stored")
+        if self._log.isEnabledFor(logging.DEBUG):  # checked here: the busiest line of the middleware
+            self._debug(ctx, "stored")
         return out
 
     def _first_of_row(self, digest: bytes) -> bool:
