@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -40,6 +39,7 @@ from service.records import DeadLetterRecord, RelayRecord, StatusRecord, Telemet
 from service.storage import statements as sql
 from service.storage.pgtime import from_micros, micros_of, pg_micros
 from service.storage.writer import Pending
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +169,7 @@ class FleetCache:
         self._task = asyncio.create_task(keep_trying(), name="fleet-cache-load")
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._refresher, self._task])
 
     async def _read(self, engine: AsyncEngine) -> dict[str, _Device]:
         devices: dict[str, _Device] = {}

@@ -9,7 +9,6 @@ no more than the unacknowledged messages the broker lets us have.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -22,6 +21,7 @@ from service.mqtt.message import InboundMessage
 from service.pipeline import Pipeline
 from service.records import DeadLetterRecord
 from service.storage.writer import BatchWriter, Pending
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,7 @@ class Ingestor:
         return not self._inbox and not self.writer.backlog
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def _process_loop(self) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.config import Settings
 from service.history import partitions, retention, rollups
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,7 @@ class HistoryJobs:
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def _maintain(self) -> None:

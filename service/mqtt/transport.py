@@ -40,6 +40,7 @@ from service.config import Settings
 from service.mqtt import failures, probe, tls
 from service.mqtt.backoff import full_jitter
 from service.mqtt.message import InboundMessage
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -357,10 +358,7 @@ class MqttTransport:
         if client is not None and self.state.connected:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), timeout=5)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         self._set_disconnected(None)
 
     def pause(self) -> None:

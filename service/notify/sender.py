@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import metrics
 from service.notify.channels import Channel, DeliveryError
 from service.notify.outbox import MQTT
+from service.tasks import cancel_and_wait
 from service.watch.sweep import raw_connection
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,8 @@ class Sender:
         self._task = asyncio.create_task(self._run(), name="notify-sender")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         if self._claimed:
             # Stopped mid-send: hand the rows back now, not when their lease runs out, so the next
             # run (or another replica) delivers them at once. A failure here leaves the lease to expire.

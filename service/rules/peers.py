@@ -21,6 +21,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "autocore_rule_state"
@@ -69,11 +71,8 @@ class PeerListener:
         self._task = asyncio.create_task(self._run(), name="rules-peer-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     async def _run(self) -> None:
         first = True

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import metrics
 from service.mqtt.transport import ConnectionState
 from service.notify.outbox import Outbox
+from service.tasks import cancel_and_wait
 from service.watch.alerts import open_alerts
 from service.watch.liveness import offline_alert
 
@@ -83,11 +84,8 @@ class Sweeper:
             self._task = asyncio.create_task(self._run(), name="liveness-sweep")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def gate(self, now: float) -> str | None:
         """Why a sweep must not run now (None: it may)."""

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.records import DeadLetterRecord, StatusRecord
+from service.tasks import cancel_and_wait
 from service.web.filters import StreamFilter
 
 if TYPE_CHECKING:
@@ -177,11 +177,7 @@ class EventHub:
     async def stop(self) -> None:
         for client in list(self.clients.values()):
             client.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     @property
