@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -117,9 +117,19 @@ class _Device:
 
 
 class FleetCache:
-    def __init__(self, *, max_devices: int, last_seen_resolution: float, engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_devices: int,
+        last_seen_resolution: float,
+        engine: AsyncEngine | None = None,
+        on_connectivity: Callable[[dict[str, Any]], None] = lambda _row: None,
+    ) -> None:
+        """`on_connectivity(row)`: a device's online state as the database now says, when a read-back
+        finds it changed (a status, a will, a timeout, a revival): the live page's device events."""
         self.max_devices = max_devices
         self._engine = engine  # None: nothing is read again (a cache fed by hand, in unit tests)
+        self._on_connectivity = on_connectivity
         self._stale: set[str] = set()  # devices to read again from the database
         self._refresher: asyncio.Task[None] | None = None
         self._refresh_failing = False
@@ -207,6 +217,7 @@ class FleetCache:
             relays = (await conn.execute(text(_LOAD_RELAYS + where), {"ids": ids})).mappings().all()
             latest = (await conn.execute(text(_LOAD_TELEMETRY + " WHERE d.device_id = ANY(:ids)"),
                                          {"ids": ids})).mappings().all()  # fmt: skip
+        changed: list[dict[str, Any]] = []
         for r in rows:
             d = self._devices.get(r["device_id"])
             if d is None:
@@ -216,10 +227,13 @@ class FleetCache:
                 d = self._devices[r["device_id"]] = _Device(r["device_id"], 0, 0)
             # What only moves forward merges (a read that raced a later commit must not undo it);
             # the liveness state is the database's.
+            was = d.is_online
             d.first_seen, d.last_seen = micros_of(r["first_seen"]), max(d.last_seen, micros_of(r["last_seen"]))
             d.is_online, d.status_ts, d.ip_address = r["is_online"], r["status_ts"], r["ip_address"]
             d.firmware_version, d.uptime = r["firmware_version"], r["uptime"]
             d.known, d.cause = r["known"], r["connectivity_cause"]
+            if d.is_online is not None and d.is_online != was:
+                changed.append(d.row())
         for r in relays:
             d = self._devices.get(r["device_id"])
             if d is not None:
@@ -230,6 +244,11 @@ class FleetCache:
             d = self._devices.get(r["device_id"])
             if d is not None and (d.telemetry is None or d.telemetry[1] < r["ts"]):
                 d.telemetry = _loaded_telemetry(r)
+        for row in changed:
+            try:
+                self._on_connectivity(row)
+            except Exception:  # a listener's bug must not stop the cache from following the database
+                log.exception("fleet cache: connectivity listener failed")
 
     def read_again(self, device_ids: Iterable[str]) -> None:
         """Read these devices from the database soon (their state changed outside the batch rules

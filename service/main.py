@@ -19,7 +19,6 @@ from service.routes import build_router
 from service.rules.active import ActiveRules
 from service.runtime import Runtime
 from service.web import events, pages
-from service.web.hub import EventHub
 
 log = logging.getLogger("service")
 
@@ -32,11 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(settings, rules)
+        runtime = Runtime.build(settings, rules, health=_page_health)
         app.state.runtime = runtime
-        hub = _event_hub(settings, runtime)
-        app.state.events = hub
-        runtime.ingestor.writer.observe(hub.observe)  # after the ingestor's acknowledgements
+        app.state.events = runtime.events
         log.info(
             "starting: broker %s:%s, database %s",
             settings.mqtt_broker_host,
@@ -44,11 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             make_url(settings.database_url).render_as_string(hide_password=True),
         )
         await runtime.start()
-        hub.start()
         try:
             yield
         finally:
-            await hub.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -74,24 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _event_hub(settings: Settings, runtime: Runtime) -> EventHub:
-    async def health_probe() -> dict[str, Any]:
-        body = (await monitor_health(runtime)).model_dump()
-        body["writer_backlog"] = runtime.ingestor.writer.backlog
-        return body
-
-    return EventHub(
-        topic_prefix=settings.mqtt_topic_prefix,
-        max_clients=settings.events_max_clients,
-        ring_size=settings.events_ring_size,
-        client_buffer=settings.events_client_buffer,
-        max_rate=settings.events_max_rate,
-        payload_max_bytes=settings.events_payload_max_bytes,
-        resume_seconds=settings.events_resume_seconds,
-        health_interval=settings.events_health_interval_seconds,
-        heartbeat=settings.events_heartbeat_seconds,
-        health=health_probe,
-    )
+async def _page_health(runtime: Runtime) -> dict[str, Any]:
+    """The live page's health event: the health endpoint's answer and the writer's backlog."""
+    body = (await monitor_health(runtime)).model_dump()
+    body["writer_backlog"] = runtime.ingestor.writer.backlog
+    return body
 
 
 app = create_app()

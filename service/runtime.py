@@ -8,9 +8,9 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -38,6 +38,7 @@ from service.storage.migrate import upgrade_to_head
 from service.storage.writer import BatchWriter, Pending
 from service.watch.liveness import Watch
 from service.watch.sweep import Sweeper
+from service.web.hub import EventHub
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class Runtime:
     db_ok: bool = True
     # Partition upkeep, retention and rollups (service/history/); None when not built by `build`.
     history: HistoryJobs | None = None
+    # Committed batches and device changes as Server-Sent Events (service/web/); None when not built by `build`.
+    events: EventHub | None = None
     # Sessions of the HTTP API's reads (one per request); the writer keeps its own connection.
     sessions: async_sessionmaker[AsyncSession] = field(init=False)
     _reloads: set[asyncio.Future[None]] = field(init=False, default_factory=set)
@@ -72,7 +75,14 @@ class Runtime:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
-    def build(cls, settings: Settings, rules: ActiveRules | None = None) -> Runtime:
+    def build(
+        cls,
+        settings: Settings,
+        rules: ActiveRules | None = None,
+        *,
+        health: Callable[[Runtime], Awaitable[dict[str, Any]]] | None = None,
+    ) -> Runtime:
+        """`health(runtime)`: the body of the live page's health events (the HTTP layer's answer)."""
         engine = create_engine(settings)
         middleware = build_middleware(settings, ROUTE_NAMES)
         # Our own alert topic is not a device's: acknowledged, never routed or dead-lettered.
@@ -129,12 +139,20 @@ class Runtime:
             max_delay=settings.notify_retry_max_delay_seconds,
             send_timeout=max(settings.alert_webhook_timeout_seconds, settings.mqtt_connect_timeout),
         )
+
+
+        async def page_health() -> dict[str, Any]:
+            assert health is not None
+            return await health(runtime)
+
+        events = _event_hub(settings, page_health if health is not None else None)
         fleet = None
         if settings.fleet_cache_max_devices:
             fleet = FleetCache(
                 max_devices=settings.fleet_cache_max_devices,
                 last_seen_resolution=settings.device_last_seen_resolution,
                 engine=engine,
+                on_connectivity=events.device_changed,
             )
             writer.observe(fleet.observe)
         writer.observe(_WakeSender(outbox, sender))
@@ -149,7 +167,8 @@ class Runtime:
             on_changed=fleet.read_again if fleet is not None else lambda _ids: None,
         )
         writer.observe(rules.committed)
-        return cls(
+        writer.observe(events.observe)  # last: the page hears of a batch after everything else did
+        runtime = cls(
             settings,
             engine,
             router,
@@ -162,7 +181,9 @@ class Runtime:
             fleet=fleet,
             middleware=middleware,
             history=HistoryJobs(engine, settings),
+            events=events,
         )
+        return runtime
 
     async def start(self) -> None:
         if self.settings.db_migrate_on_start:
@@ -211,6 +232,8 @@ class Runtime:
             self.sweeper.start()
         if self.sender is not None:
             self.sender.start()  # delivers what an earlier run left undelivered, too
+        if self.events is not None:
+            self.events.start()
 
     async def reload_rules(self) -> None:
         """SIGHUP: read RULES_FILE again; a bad file is logged and the old rules stay."""
@@ -234,6 +257,8 @@ class Runtime:
         task.add_done_callback(self._reloads.discard)
 
     async def stop(self) -> None:
+        if self.events is not None:
+            await self.events.stop()  # closes the page's streams first: they would hold the server open
         self._watch_sighup(False)
         grace = self.settings.shutdown_grace_seconds
         if self.sweeper is not None:
@@ -275,6 +300,21 @@ class Runtime:
     @property
     def connection(self) -> ConnectionState | None:
         return self.transport.state if self.transport else None
+
+
+def _event_hub(settings: Settings, health: Callable[[], Awaitable[dict[str, Any]]] | None) -> EventHub:
+    return EventHub(
+        topic_prefix=settings.mqtt_topic_prefix,
+        max_clients=settings.events_max_clients,
+        ring_size=settings.events_ring_size,
+        client_buffer=settings.events_client_buffer,
+        max_rate=settings.events_max_rate,
+        payload_max_bytes=settings.events_payload_max_bytes,
+        resume_seconds=settings.events_resume_seconds,
+        health_interval=settings.events_health_interval_seconds,
+        heartbeat=settings.events_heartbeat_seconds,
+        health=health,
+    )
 
 
 def _no_ack(_messages: Sequence[InboundMessage]) -> int:

@@ -91,8 +91,9 @@ async def test_over_the_rate_limit_messages_are_counted_not_published() -> None:
     status = StatusRecord("D1", datetime.now(UTC), True, None, None, None)
     batch = [Pending(InboundMessage("p/D1/status", b"{}", 1, False, now), [status], "status") for _ in range(8)]
     hub._fan_out(batch)
-    # One device event (not rate-limited), 5 message events; 3 messages only counted.
-    assert hub.published == 6 and hub._rate_skipped == 3
+    # 5 message events; 3 messages only counted. (Status records make no device event: those come
+    # from what the database decided, `device_changed`.)
+    assert hub.published == 5 and hub._rate_skipped == 3
     hub._window_end = 0.0  # the next second
     hub._fan_out([])
     assert hub._ring[-1].kind == "missed" and b'"count":3,"reason":"rate_limit"' in hub._ring[-1].frame
@@ -100,6 +101,21 @@ async def test_over_the_rate_limit_messages_are_counted_not_published() -> None:
     chunk = (await client.next_chunk()).decode()
     assert chunk.count("event: message") == 2 and '"count":3,"reason":"slow_client"' in chunk
     assert '"count":3,"reason":"rate_limit"' in chunk  # every client hears of it, whatever its filter
+
+
+async def test_device_events_follow_the_database_not_repeated() -> None:
+    hub = EventHub(topic_prefix="p", resume_seconds=0)
+    row = {"device_id": "D1", "is_online": False, "status_ts": None, "connectivity_cause": "will"}
+    hub.device_changed(row)
+    assert hub.published == 0  # nobody listens: nothing recorded
+    client = hub.subscribe(StreamFilter.build(frozenset({"device"})))
+    assert client is not None
+    hub.device_changed(row)
+    hub.device_changed(dict(row))  # the same state read back again: no second event
+    hub.device_changed({**row, "is_online": True, "connectivity_cause": "status"})
+    assert [(e.kind, e.device_id) for e in hub._ring] == [("device", "D1"), ("device", "D1")]
+    chunk = (await client.next_chunk()).decode()
+    assert '"is_online":false,' in chunk and '"cause":"will"' in chunk and '"is_online":true' in chunk
 
 
 # -- the real service ----------------------------------------------------------------------------
@@ -110,7 +126,8 @@ async def test_messages_devices_and_health_arrive(
 ) -> None:
     svc = await spawn_web()
     async with open_events(svc.url) as events:
-        publisher.publish(f"{ns}/D1/status", {"status": "online", "firmware_version": "1.0"})
+        online = {"status": "online", "firmware_version": "1.0", "timestamp": "2029-01-01T00:00:00Z"}
+        publisher.publish(f"{ns}/D1/status", online)
         publisher.publish(*telemetry(ns, "D1", 1))
         publisher.publish(f"{ns}/D1/telemetry", b"{not json")
         messages = await events.collect("message", 3)
@@ -125,9 +142,13 @@ async def test_messages_devices_and_health_arrive(
         assert all(m.id and m.id.startswith(messages[0].id.rsplit("-", 1)[0]) for m in messages)
         if "device" not in kinds_seen:
             await events.collect("device", 1)
-        publisher.publish(f"{ns}/D1/status", {"status": "offline"})
+        # An offline status stamped before the stored one is the device's will (docs/fleet-watch.md):
+        # the page hears what the database decided (offline by will, the stored status time), not
+        # what the record claimed.
+        publisher.publish(f"{ns}/D1/status", {"status": "offline", "timestamp": "2020-01-01T00:00:00Z"})
         (device,) = await events.collect("device", 1)
         assert device.data["device_id"] == "D1" and device.data["is_online"] is False
+        assert device.data["cause"] == "will" and device.data["ts"].startswith("2029-01-01")
         (health,) = await events.collect("health", 1, timeout=5)
         assert health.data["status"] == "healthy" and health.data["broker_connected"] is True
         assert "writer_backlog" in health.data and "messages_per_second" in health.data

@@ -13,6 +13,8 @@
   timeout.
 * `<stream>` changes whenever numbering restarts (service start, or after a spell with nobody
   listening, when nothing was recorded): a resume from another stream is told its gap is unknown.
+* `device` events come from `device_changed(row)`, wired to the fleet cache's read-back: the
+  online state the database holds after the fleet watch decided, never a status record's claim.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.records import DeadLetterRecord, StatusRecord
+from service.records import DeadLetterRecord
 from service.tasks import cancel_and_wait
 from service.web.filters import StreamFilter
 
@@ -44,6 +46,7 @@ _VOLATILE = ("uptime_seconds", "connection_uptime_seconds", "seconds_since_last_
 # Committed messages waiting for the hub's task (whole batches); more means it cannot keep up. Bounds
 # what the hub holds of the writer's batches (their payloads) whatever the message rate.
 _INBOX_MESSAGES = 20_000
+_ONLINE_LIMIT = 100_000  # devices whose last published state is remembered (for dedup)
 _client_ids = itertools.count(1)
 
 
@@ -282,10 +285,6 @@ class EventHub:
             self._window_end = now + 1.0
             self._budget = self.max_rate
         for pending in batch:
-            records = pending.records
-            for record in records:
-                if type(record) is StatusRecord:
-                    self._device_change(record)
             if self._budget >= 1:
                 self._budget -= 1
                 self._message(pending)
@@ -324,22 +323,30 @@ class EventHub:
             data["error"] = dead.error_message[:300]
         self.publish("message", data, topic=msg.topic, device_id=device_id, outcome=data["outcome"])
 
-    def _device_change(self, record: StatusRecord) -> None:
-        # From the committed status records; the fleet-watch issue replaces this with what the
-        # database says changed.
-        if self._online.get(record.device_id) == record.is_online:
+    def device_changed(self, row: dict[str, Any]) -> None:
+        """A device's online state as the database decided it (the fleet cache's read-back after a
+        status, will, timeout or revival): not what one status record claimed, which the fleet
+        watch may have overruled (older than what is stored, a retained status, an expired one)."""
+        if not self.recording:
             return
-        self._online[record.device_id] = record.is_online
+        device_id, online = row["device_id"], row["is_online"]
+        if self._online.get(device_id) == online:
+            return
+        if len(self._online) >= _ONLINE_LIMIT:
+            self._online.clear()
+        self._online[device_id] = online
+        status_ts = row.get("status_ts")
         self.publish(
             "device",
             {
-                "device_id": record.device_id,
-                "is_online": record.is_online,
-                "ts": record.ts.isoformat(),
-                "ip_address": record.ip_address,
-                "firmware_version": record.firmware_version,
+                "device_id": device_id,
+                "is_online": online,
+                "ts": status_ts.isoformat() if status_ts is not None else None,
+                "cause": row.get("connectivity_cause"),
+                "ip_address": row.get("ip_address"),
+                "firmware_version": row.get("firmware_version"),
             },
-            device_id=record.device_id,
+            device_id=device_id,
         )
 
     # -- health -----------------------------------------------------------------------------------
