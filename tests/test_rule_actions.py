@@ -301,3 +301,31 @@ def test_command_topics_are_own_unless_a_route_matches() -> None:
     router.set_commands([])  # a reload without publish actions
     assert not router.is_own("autocore/D1/relay/0/set")
     assert router.is_own("autocore/alerts/D1/offline")
+
+
+async def test_a_topic_a_value_made_invalid_is_failed_at_once(clean: asyncpg.Connection) -> None:
+    """A payload value with a wildcard in a publish topic: the row is failed when written, never sent
+    (the broker would close the connection), and the firing with it."""
+    from service.records import RuleRecord
+    from service.rules import engine
+    from service.rules.loader import load_text
+
+    db = clean
+    text = """
+rules:
+  - name: by-whom
+    on: relay
+    if: "state"
+    then:
+      - publish: {topic: "x/{triggered_by}/set", payload: "ON"}
+"""
+    rule = load_text(text, build_router("x"))["by-whom"]
+    contexts = [{"device_id": "R1", "relay": 1, "state": True, "triggered_by": who} for who in ("ops", "a/+/b")]
+    async with db.transaction():
+        await engine.apply(db, [RuleRecord("R1", i, T0, ((rule, True),), c, "test") for i, c in enumerate(contexts)])
+    rows = await db.fetch("SELECT target, body, status, last_error FROM notifications ORDER BY id")
+    assert [(r["target"], r["body"], r["status"]) for r in rows] == [
+        ("x/ops/set", "ON", "pending"), ("x/a/+/b/set", "ON", "failed")]  # fmt: skip
+    assert "not a topic name" in rows[1]["last_error"]
+    firings = await db.fetch("SELECT relay, status FROM rule_firings ORDER BY relay")
+    assert [(f["relay"], f["status"]) for f in firings] == [(0, "pending"), (1, "failed")]

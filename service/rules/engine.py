@@ -113,10 +113,12 @@ class Firing(NamedTuple):
     actions: list[dict[str, Any]]  # rendered
     context: dict[str, Any]
 
-    def row(self) -> tuple[Any, ...]:
-        done = not any("publish" in a or "webhook" in a for a in self.actions)  # an alert is done in the batch
+    def row(self, outbox_rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+        # An alert is done in the batch; the sender settles the rest (service/notify/sender.py).
+        errors = [r[-1] for r in outbox_rows]
+        status = "done" if not errors else "failed" if all(errors) else "pending"
         return (self.rule.name, self.device_id, self.relay, self.since, self.ts, self.rule.severity,
-                json.dumps(self.actions), json.dumps(self.context), "done" if done else "pending")  # fmt: skip
+                json.dumps(self.actions), json.dumps(self.context), status)  # fmt: skip
 
     def outbox_rows(self) -> list[tuple[Any, ...]]:
         """(rule, device, relay, since, index, channel, target, body, qos, retain, error) per publish
@@ -205,9 +207,10 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
     changed = [(*k, s.value, s.changed_at, s.since, s.fired_at) for k, s in current.items() if s.changed]
     if not changed:
         return
-    actions = [row for f in firings for row in f.outbox_rows()]
-    inserted = await conn.fetch(WRITE, *_columns(changed, 7), *_columns([f.row() for f in firings], 9),
-                                *_columns(actions, 11))  # fmt: skip
+    per_firing = [f.outbox_rows() for f in firings]
+    actions = [row for rows in per_firing for row in rows]
+    fired = [f.row(rows) for f, rows in zip(firings, per_firing, strict=True)]
+    inserted = await conn.fetch(WRITE, *_columns(changed, 7), *_columns(fired, 9), *_columns(actions, 11))
     if outbox is None:
         outbox = Outbox()
     if inserted:
