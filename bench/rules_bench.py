@@ -34,8 +34,10 @@ VARIANTS = {
     "rules-never-20": BENCH / "rules" / "never-20.yaml",
     "rules-fire-1pct": BENCH / "rules" / "never-20-fires-1pct.yaml",
 }
+# The outbox and the alerts too: a run must not deliver what the run before it left undelivered.
 _RESET = ("TRUNCATE autocore_bench.telemetry, autocore_bench.devices, autocore_bench.dead_letters, "
-          "autocore_bench.rule_state, autocore_bench.rule_firings")  # fmt: skip
+          "autocore_bench.rule_state, autocore_bench.rule_firings, autocore_bench.alerts, "
+          "autocore_bench.notifications")  # fmt: skip
 
 
 def _toml_value(value: Any) -> str:
@@ -96,9 +98,13 @@ def main() -> None:
                     sys.argv = saved
                 if VARIANTS[name] is not None:
                     counts = "SELECT (SELECT count(*) FROM autocore_bench.rule_firings), " \
-                             "(SELECT count(*) FROM autocore_bench.rule_state)"
-                    ((fired, states),) = driver.psql(pg_port, counts)
-                    print(f"# {name}: {fired} rule firings, {states} rule states stored", flush=True)
+                             "(SELECT count(*) FROM autocore_bench.rule_state), " \
+                             "(SELECT count(*) FROM autocore_bench.notifications WHERE status = 'sent'), " \
+                             "(SELECT count(*) FROM autocore_bench.notifications), " \
+                             "(SELECT count(*) FROM autocore_bench.alerts WHERE kind = 'rule')"
+                    ((fired, states, sent, rows, alerts),) = driver.psql(pg_port, counts)
+                    print(f"# {name}: {fired} rule firings, {states} rule states stored; outbox {sent} of {rows} "
+                          f"rows sent when the run ended; {alerts} rule alerts", flush=True)  # fmt: skip
                 lines = results.read_text().splitlines()
                 for line in lines[seen:]:
                     row = json.loads(line)

@@ -91,6 +91,8 @@ class Runtime:
         )
         # Loaded before anything starts: a bad rules file stops start-up with one line (RulesError).
         rules = rules if rules is not None else ActiveRules(settings.rules_file, router)
+        # The rules' commands come back to us (we subscribe to `<prefix>/#`): ours, not routed.
+        rules.observe(lambda loaded: router.set_commands(loaded.publish_topics))
         outbox = Outbox.from_settings(settings)
         watch = Watch(
             outbox,
@@ -127,7 +129,7 @@ class Runtime:
         channels: dict[str, Channel] = {}
         if transport is not None:
             channels[MQTT] = MqttChannel(transport.publish, timeout=settings.mqtt_connect_timeout)
-        if settings.webhook_urls:
+        if settings.webhook_urls or settings.rules_file:  # rules' webhook actions go through it too
             channels[WEBHOOK] = WebhookChannel(settings.alert_webhook_secret, settings.alert_webhook_timeout_seconds)
         sender = Sender(
             engine,

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import REGISTRY
 
 from service.notify.outbox import WEBHOOK, Outbox
 from service.notify.sender import Sender
@@ -183,13 +184,21 @@ async def test_undeliverable_notification_is_failed_after_max_age(
     service: ServiceFactory, publisher: Publisher, receiver: Receiver, db: asyncpg.Connection, ns: str
 ) -> None:
     receiver.down = True
+
+    def failed_total() -> float:
+        return REGISTRY.get_sample_value("autocore_notifications_failed_total", {"channel": "webhook"}) or 0.0
+
+    before = failed_total()
     async with service(device_registration="review", alert_webhook_urls=receiver.url, alert_mqtt_enabled=False,
                        notify_max_age_seconds=0.5, **FAST_RETRY) as svc:  # fmt: skip
         publisher.publish(f"{ns}/F1/telemetry", {"temperature": 1.0})
         await eventually(lambda: db.fetchval("SELECT count(*) FROM notifications WHERE status = 'failed'"), timeout=5)
         failed = (await svc.client.get("/notifications", params={"status": "failed"})).json()["items"][0]
         assert "HTTP 503" in failed["last_error"] and failed["target"] == receiver.url
-        assert 'autocore_notifications_failed_total{channel="webhook"} 1.0' in (await svc.client.get("/metrics")).text
+        # One more than before (the counter is the process's: other tests in this run count too).
+        assert failed_total() == before + 1
+        assert f'autocore_notifications_failed_total{{channel="webhook"}} {before + 1}' in (
+            await svc.client.get("/metrics")).text  # fmt: skip
 
 
 async def test_critical_relay_change_notified_once_under_redelivery(

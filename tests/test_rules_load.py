@@ -14,7 +14,7 @@ from simpleeval import SimpleEval
 
 from service.models import RelayStatus, Telemetry
 from service.routes import build_router
-from service.rules.expressions import check, compile_route, route_names
+from service.rules.expressions import check, compile_any, compile_route, route_names
 from service.rules.loader import RulesError, load_text
 from service.rules.schema import parse_duration
 
@@ -198,3 +198,25 @@ def test_start_up_and_the_check_command_say_the_same_line(tmp_path: Path) -> Non
     missing = run_service_module("-m", "service", "rules", "check", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 1
     assert "cannot be read" in missing.stderr
+
+
+def test_the_fast_path_says_whether_any_rule_holds() -> None:
+    """compile_any keeps only the loosest of the bounds on one expression: on many random rule sets
+    and messages it answers as `any()` of the exact values does."""
+    names = route_names(Telemetry, ["device_id"])
+    shapes = ["temperature > {a}", "{a} < temperature", "temperature >= {a}", "humidity < {b}", "-{a} > -temperature",
+              "(temperature - 32) * 5 / 9 > {c}", "humidity > {b} and temperature > {a}", "voltage <= 3.{d} or "
+              "memory_free < {e}", "temperature == {a}", "not temperature > {a}"]  # fmt: skip
+    rng = random.Random(1301)
+    for _ in range(200):
+        conditions = [rng.choice(shapes).format(a=rng.randrange(15, 40), b=rng.randrange(20, 90),
+                                                c=rng.randrange(-5, 10), d=rng.randrange(0, 4),
+                                                e=rng.randrange(38_000, 46_000))
+                      for _ in range(rng.randrange(1, 8))]  # fmt: skip
+        checked = [check(c, names) for c in conditions]
+        evaluate, any_true = compile_route(checked, names), compile_any(checked, names)
+        for _ in range(50):
+            model = Telemetry(temperature=rng.randrange(100, 450) / 10, humidity=rng.randrange(0, 1000) / 10,
+                              voltage=rng.randrange(28, 34) / 10,
+                              memory_free=rng.randrange(38_000, 46_000))  # fmt: skip
+            assert any_true(model, {"device_id": "d"}) == any(evaluate(model, {"device_id": "d"})), conditions

@@ -47,6 +47,18 @@ class RulesPublic(BaseModel):
     rules: list[RulePublic]
 
 
+class DeliveryPublic(BaseModel):
+    """One publish or webhook action of a firing, as the notification outbox carried it out."""
+
+    idempotency_key: str  # the webhook's Idempotency-Key (from the firing's id and the action's index)
+    channel: str  # mqtt (a publish) or webhook
+    target: str  # the topic, or the URL without credentials or query
+    status: str  # pending, sent or failed
+    attempts: int
+    sent_at: datetime | None
+    last_error: str | None
+
+
 class FiringPublic(BaseModel):
     id: int
     rule: str
@@ -55,10 +67,11 @@ class FiringPublic(BaseModel):
     since: datetime
     ts: datetime
     severity: str
-    actions: list[dict[str, Any]]  # rendered; carried out by the notification outbox (not wired yet)
+    actions: list[dict[str, Any]]  # rendered
     context: dict[str, Any]
-    status: str
+    status: str  # pending (actions in the outbox), done (all carried out) or failed (one gave up)
     recorded_at: datetime
+    deliveries: list[DeliveryPublic]  # the publish and webhook actions' outbox rows, in action order
 
 
 class ReloadOutcome(BaseModel):

@@ -27,15 +27,15 @@ WEBHOOK = "webhook"
 CHANNELS = (MQTT, WEBHOOK)
 
 
-def _iso(column: str) -> str:
+def iso(column: str) -> str:
     # Fixed format, UTC, whatever the session's TimeZone: the body must not depend on the connection.
     return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
 BODY = f"""jsonb_build_object(
     'id', ev.event_id, 'alert_id', ev.alert_id, 'device_id', ev.device_id, 'kind', ev.kind,
-    'key', ev.key, 'severity', ev.severity, 'state', ev.state, 'at', {_iso("ev.at")},
-    'opened_at', {_iso("ev.opened_at")}, 'resolved_at', {_iso("ev.resolved_at")},
+    'key', ev.key, 'severity', ev.severity, 'state', ev.state, 'at', {iso("ev.at")},
+    'opened_at', {iso("ev.opened_at")}, 'resolved_at', {iso("ev.resolved_at")},
     'message', ev.message, 'details', ev.details)::text"""
 
 

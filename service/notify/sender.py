@@ -35,7 +35,7 @@ EXPIRE = """
 UPDATE notifications SET status = 'failed', next_attempt_at = now(),
        last_error = coalesce(last_error, 'never delivered') || ' (gave up: older than NOTIFY_MAX_AGE_SECONDS)'
 WHERE status = 'pending' AND next_attempt_at <= now() AND created_at < now() - make_interval(secs => $1)
-RETURNING channel
+RETURNING channel, firing_id
 """
 
 # Rows claimed by a sender that stopped before it finished with them: due again at once.
@@ -45,10 +45,19 @@ CLAIM = """
 UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $2), attempts = n.attempts + 1
 WHERE n.id IN (SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= now()
                ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING n.id, n.event_id, n.channel, n.target, n.body, n.attempts
+RETURNING n.id, n.event_id, n.channel, n.target, n.body, n.attempts, n.qos, n.retain, n.firing_id
 """
 
 MARK_SENT = "UPDATE notifications SET status = 'sent', sent_at = now() WHERE id = ANY($1::int8[])"
+
+# A rule firing whose outbox rows are all over: done, or failed if one of them gave up. Run after the
+# rows' own update committed, so of two senders finishing rows of one firing the later sees both.
+SETTLE_FIRINGS = """
+UPDATE rule_firings f SET status = CASE WHEN s.failed THEN 'failed' ELSE 'done' END
+FROM (SELECT firing_id, bool_or(status = 'failed') AS failed FROM notifications
+      WHERE firing_id = ANY($1::int8[]) GROUP BY firing_id HAVING bool_and(status <> 'pending')) s
+WHERE f.id = s.firing_id AND f.status = 'pending'
+"""
 
 MARK_FAILED = """
 UPDATE notifications n
@@ -57,7 +66,7 @@ SET last_error = u.error,
     next_attempt_at = now() + make_interval(secs => u.delay)
 FROM unnest($1::int8[], $2::text[], $3::float8[]) AS u(id, error, delay)
 WHERE n.id = u.id
-RETURNING n.channel, n.status
+RETURNING n.channel, n.status, n.firing_id
 """
 
 
@@ -132,8 +141,10 @@ class Sender:
     async def deliver_once(self) -> int:
         """Deliver one page of due rows; returns how many rows were claimed."""
         async with raw_connection(self._engine) as conn:
-            for r in await conn.fetch(EXPIRE, self.max_age):
+            expired = await conn.fetch(EXPIRE, self.max_age)
+            for r in expired:
                 metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
+            await _settle(conn, [r["firing_id"] for r in expired])
             async with conn.transaction():
                 rows = await conn.fetch(CLAIM, self.page, self.lease)
         if not rows:
@@ -152,15 +163,18 @@ class Sender:
         async with raw_connection(self._engine) as conn:
             if sent:
                 await conn.execute(MARK_SENT, sent)
+            gave_up: list[int | None] = []
             if failed:
                 result = await conn.fetch(MARK_FAILED, *[list(c) for c in zip(*failed, strict=True)], self.max_age)
                 for r in result:
                     metrics.NOTIFICATION_ATTEMPTS_FAILED.labels(r["channel"]).inc()
                     if r["status"] == "failed":
                         metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
+                        gave_up.append(r["firing_id"])
+            done = set(sent)
+            await _settle(conn, [r["firing_id"] for r in rows if r["id"] in done] + gave_up)
         self._claimed = set()
         by_channel: dict[str, int] = defaultdict(int)
-        done = set(sent)
         for r in rows:
             if r["id"] in done:
                 by_channel[r["channel"]] += 1
@@ -180,7 +194,7 @@ class Sender:
             try:
                 if channel is None:
                     raise DeliveryError(f"channel {r['channel']!r} is not configured in this process")
-                await channel.send(r["target"], r["event_id"], r["body"])
+                await channel.send(r["target"], r["event_id"], r["body"], qos=r["qos"], retain=r["retain"])
             except DeliveryError as exc:
                 down = str(exc)
                 failed.append((r["id"], down, self.backoff(r["attempts"])))
@@ -193,3 +207,10 @@ class Sender:
                 continue
             sent.append(r["id"])
         return sent, failed
+
+
+async def _settle(conn: asyncpg.Connection, firing_ids: list[int | None]) -> None:
+    """Rule firings whose actions are all over get their final status (none when no row was a rule's)."""
+    ids = sorted({i for i in firing_ids if i is not None})
+    if ids:
+        await conn.execute(SETTLE_FIRINGS, ids)

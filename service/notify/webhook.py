@@ -33,7 +33,7 @@ class WebhookChannel:
             headers["X-Autocore-Signature"] = signature(self._secret, body)
         return headers
 
-    async def send(self, target: str, event_id: UUID, body: str) -> None:
+    async def send(self, target: str, event_id: UUID, body: str, *, qos: int = 1, retain: bool = False) -> None:
         data = body.encode()
         try:
             response = await self._client.post(target, content=data, headers=self.headers(event_id, data))

@@ -5,6 +5,7 @@ Routes are data: the API lists them, the transport subscribes to their filters.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ Handler = Callable[[Any, "MessageContext"], Awaitable[Sequence["Record"]]]
 # Distinct topics seen; a fleet has a handful per device. Past this the cache is simply cleared.
 _MATCH_CACHE_SIZE = 100_000
 OWN_TOPIC = True  # Router.resolve: the topic is one the service publishes itself
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")  # a template's {name} or {name:spec}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +78,10 @@ class RouteGroup:
 
 
 class Router:
-    """`own_topics`: topic prefixes the service publishes itself (alerts, later rule actions). A
-    message under one is ours, not a device's: acknowledged and neither routed nor dead-lettered."""
+    """`own_topics`: topic prefixes the service publishes itself (alerts). A message under one is
+    ours, not a device's: acknowledged and neither routed nor dead-lettered. `set_commands()` adds
+    the topics of the rules' publish actions (`autocore/{device_id}/relay/0/set`): a message on one
+    of them that no route matches is ours too."""
 
     def __init__(self, routes: Sequence[Route | RouteGroup], own_topics: Sequence[str] = ()) -> None:
         flat: list[Route] = []
@@ -106,9 +110,21 @@ class Router:
         self._cache: dict[str, tuple[Route, dict[str, Any]] | None] = {}
         self._resolved: dict[str, tuple[Route, dict[str, Any]] | bool] = {}
         self.own_topics: tuple[str, ...] = tuple(f"{t.strip('/')}/" for t in own_topics)
+        self._commands: re.Pattern[str] | None = None
 
     def is_own(self, topic: str) -> bool:
-        return bool(self.own_topics) and topic.startswith(self.own_topics)
+        if self.own_topics and topic.startswith(self.own_topics):
+            return True
+        # A route wins over a command topic (a rule with `loop: allowed` publishes to a routed topic
+        # on purpose). Not cached here: `resolve`, the per-message lookup, caches the answer.
+        return self._commands is not None and self._commands.fullmatch(topic) is not None and self.match(topic) is None
+
+    def set_commands(self, templates: Iterable[str]) -> None:
+        """Topics we publish ourselves, as templates: a `{placeholder}` stands for one level's text
+        (or part of it); replaces the previous set (a rules reload)."""
+        patterns = sorted({"[^/]*".join(re.escape(part) for part in _PLACEHOLDER.split(t)) for t in templates})
+        self._commands = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+        self._resolved = {}  # answers given with the previous set
 
     def resolve(self, topic: str) -> tuple[Route, dict[str, Any]] | bool:
         """`match`, with our own topics first: OWN_TOPIC (True) for one of ours, False for no route.

@@ -46,6 +46,13 @@ class ActiveRules:
         self._lock = asyncio.Lock()
         self._peers: PeerListener | None = None
         self.origin = new_origin()
+        self._observers: list[Callable[[RuleSet], None]] = []
+
+    def observe(self, observer: Callable[[RuleSet], None]) -> None:
+        """Call `observer(rules)` now and whenever other rules are put in force (a reload), before
+        the first message they see: the runtime tells its router the rules' publish topics."""
+        self._observers.append(observer)
+        observer(self.rules)
 
     async def start(self, engine: AsyncEngine) -> None:
         """Hooks for the loaded rules, their caches primed with the stored state; listening to other
@@ -113,6 +120,8 @@ class ActiveRules:
             name: RouteStage(route_rules, stored_entries(route_rules, stored), self.origin)
             for name, route_rules in rules.by_route.items()
         }
+        for observer in self._observers:
+            observer(rules)
         self.hooks.clear()
         self.hooks.update(fresh)
         metrics.LOADED.set(len(rules.rules))

@@ -15,22 +15,27 @@ each change is then applied in device-time order:
 The changed (rule, device) keys are then announced with `pg_notify` (delivered at commit) so that
 other replicas' caches learn of them (service/rules/peers.py).
 
-A firing is a `rule_firings` row with its rendered actions and status `pending`, unique per
-(rule, device, relay, since): the seam where the notification outbox (issue 11) takes over. Nothing
-here sends anything.
+A firing is a `rule_firings` row with its rendered actions, unique per (rule, device, relay, since).
+In the same statement, its publish and webhook actions become notification rows (the outbox of
+service/notify/, linked by `firing_id`), which the sender carries out after the commit; its alert
+action opens an alert of kind `rule` (service/watch/alerts.py), which resolves when the condition
+turns false. Nothing here sends anything: a rolled-back batch leaves no firing, no row, no alert.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import asyncpg
 
+from service.notify.outbox import MQTT, WEBHOOK, Outbox, iso
 from service.records import RuleRecord
 from service.rules import metrics, peers
+from service.rules.loader import RULE_ALERT, CompiledRule, alert_key
+from service.watch.alerts import AlertSpec, Severity, open_alerts, resolve_alerts
 
 # Creates the batch's missing state rows and locks all of them, in key order, in one statement: the
 # no-op DO UPDATE takes the row lock (as FOR UPDATE would) and RETURNING gives the stored values.
@@ -44,19 +49,45 @@ RETURNING s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_
 
 NOTIFY = "SELECT pg_notify($1 || ':' || current_schema(), $2)"
 
-# The new states and the firings, in one statement.
-WRITE = """
+# The new states, the firings and their actions' outbox rows, in one statement. Only firings that
+# were inserted get outbox rows (`f` is what the INSERT returned); an action's event id (the
+# webhook's Idempotency-Key) is derived from the firing's id and the action's index, and the unique
+# (event_id, channel, target) index keeps a row from being written twice.
+WRITE = f"""
 WITH updated AS (
     UPDATE rule_state s
     SET value = u.v, changed_at = u.c, since = u.s, fired_at = u.f, updated_at = now()
     FROM unnest($1::text[], $2::text[], $3::int4[], $4::bool[], $5::timestamptz[], $6::timestamptz[],
                 $7::timestamptz[]) AS u(r, d, i, v, c, s, f)
     WHERE s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
+), f AS (
+    INSERT INTO rule_firings (rule, device_id, relay, since, ts, severity, actions, context, status)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::timestamptz[], $13::text[],
+                         $14::jsonb[], $15::jsonb[], $16::text[])
+    ON CONFLICT (rule, device_id, relay, since) DO NOTHING
+    RETURNING id, rule, device_id, relay, since, ts, severity, context
+), a AS (
+    SELECT f.id, f.rule, f.device_id, f.relay, f.since, f.ts, f.severity, f.context,
+           u.idx, u.channel, u.target, u.body, u.qos, u.retain, u.error,
+           md5('autocore-rule-action:' || f.id || ':' || u.idx)::uuid AS event_id
+    FROM unnest($17::text[], $18::text[], $19::int4[], $20::timestamptz[], $21::int4[], $22::text[], $23::text[],
+                $24::text[], $25::int2[], $26::bool[], $27::text[])
+         AS u(rule, device_id, relay, since, idx, channel, target, body, qos, retain, error)
+    JOIN f ON f.rule = u.rule AND f.device_id = u.device_id AND f.relay = u.relay AND f.since = u.since
+), n AS (
+    INSERT INTO notifications (event_id, channel, target, device_id, kind, state, body, firing_id, qos, retain,
+                               status, last_error)
+    SELECT a.event_id, a.channel, a.target, a.device_id, 'rule', 'event',
+           coalesce(a.body, jsonb_build_object(
+               'id', a.event_id, 'kind', 'rule', 'state', 'fired', 'rule', a.rule, 'firing_id', a.id,
+               'action', a.idx, 'device_id', a.device_id, 'relay', nullif(a.relay, -1), 'severity', a.severity,
+               'since', {iso("a.since")}, 'at', {iso("a.ts")}, 'context', a.context)::text),
+           a.id, a.qos, a.retain, CASE WHEN a.error IS NULL THEN 'pending' ELSE 'failed' END, a.error
+    FROM a ORDER BY a.id, a.idx
+    ON CONFLICT (event_id, channel, target) DO NOTHING
+    RETURNING 1
 )
-INSERT INTO rule_firings (rule, device_id, relay, since, ts, severity, actions, context)
-SELECT * FROM unnest($8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::timestamptz[], $13::text[],
-                     $14::jsonb[], $15::jsonb[])
-ON CONFLICT (rule, device_id, relay, since) DO NOTHING
+SELECT f.rule, f.device_id, f.relay, f.since, (SELECT count(*) FROM n) AS notified FROM f
 """
 
 Key = tuple[str, str, int]
@@ -73,23 +104,80 @@ class State:
         self.changed = False
 
 
-Firing = tuple[str, str, int, datetime, datetime, str, str, str]
+class Firing(NamedTuple):
+    rule: CompiledRule
+    device_id: str
+    relay: int
+    since: datetime
+    ts: datetime
+    actions: list[dict[str, Any]]  # rendered
+    context: dict[str, Any]
+
+    def row(self, outbox_rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+        # An alert is done in the batch; the sender settles the rest (service/notify/sender.py).
+        errors = [r[-1] for r in outbox_rows]
+        status = "done" if not errors else "failed" if all(errors) else "pending"
+        return (self.rule.name, self.device_id, self.relay, self.since, self.ts, self.rule.severity,
+                json.dumps(self.actions), json.dumps(self.context), status)  # fmt: skip
+
+    def outbox_rows(self) -> list[tuple[Any, ...]]:
+        """(rule, device, relay, since, index, channel, target, body, qos, retain, error) per publish
+        and webhook. A publish's body is its payload: a string as it is, anything else as JSON. A
+        webhook's is built in SQL (it carries the firing's id). A topic that a value made invalid is
+        written failed at once (sending it would cost the connection)."""
+        head = (self.rule.name, self.device_id, self.relay, self.since)
+        out: list[tuple[Any, ...]] = []
+        for i, action in enumerate(self.actions):
+            if "publish" in action:
+                p = action["publish"]
+                payload = p["payload"]
+                body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+                topic = p["topic"]
+                bad = not topic or any(c in topic for c in "+#\0")
+                error = "not a topic name once filled in (a value carries a wildcard)" if bad else None
+                out.append((*head, i, MQTT, topic, body, p["qos"], p["retain"], error))
+            elif "webhook" in action:
+                out.append((*head, i, WEBHOOK, action["webhook"]["url"], None, 1, False, None))
+        return out
+
+    def alert(self) -> AlertSpec | None:
+        for action in self.actions:
+            if "alert" in action:
+                a = action["alert"]
+                details = {
+                    "rule": self.rule.name,
+                    "relay": None if self.relay < 0 else self.relay,
+                    "since": self.since.isoformat(),
+                    "at": self.ts.isoformat(),
+                    "context": self.context,
+                }
+                return AlertSpec(self.device_id, RULE_ALERT, a["key"], cast(Severity, a["severity"]), a["text"],
+                                 details)  # fmt: skip
+        return None
 
 
-def transitions(records: Sequence[RuleRecord], current: dict[Key, State]) -> list[Firing]:
-    """Apply the batch's changes to the locked states (in place); the firings they cause."""
+# (rule, device, relay, since) of a firing, or None for a fall (the condition turned false).
+Change = tuple[CompiledRule, str, int, datetime | None]
+
+
+def transitions(records: Sequence[RuleRecord], current: dict[Key, State]) -> tuple[list[Firing], list[Change]]:
+    """Apply the batch's changes to the locked states (in place); the firings they cause, and every
+    rise that fired and every fall of a rule with an alert, in device-time order per key."""
     items = sorted(
         ((rule.name, rec.device_id, rec.relay, rec.ts, value, rule, rec.context)
          for rec in records for rule, value in rec.changes),
         key=lambda item: item[:4],
     )  # fmt: skip
     firings: list[Firing] = []
+    changes: list[Change] = []
     for name, device, relay, ts, value, rule, context in items:
         st = current[(name, device, relay)]
         if st.changed_at is not None and ts <= st.changed_at:
             continue  # not newer than the stored change point: already applied, or late
         fire = False
         if value != st.value:
+            if not value and st.value and rule.has_alert:
+                changes.append((rule, device, relay, None))  # its alert resolves
             st.value, st.changed_at, st.changed = value, ts, True
             st.since, st.fired_at = (ts if value else None), None
             fire = value and not rule.hold
@@ -98,13 +186,16 @@ def transitions(records: Sequence[RuleRecord], current: dict[Key, State]) -> lis
         if fire and st.since is not None:
             st.fired_at, st.changed = ts, True
             ctx = _plain(context or {})
-            firings.append((name, device, relay, st.since, ts, rule.severity, json.dumps(rule.render(ctx)),
-                            json.dumps(ctx)))  # fmt: skip
-    return firings
+            firings.append(Firing(rule, device, relay, st.since, ts, rule.render(ctx, relay), ctx))
+            if rule.has_alert:
+                changes.append((rule, device, relay, st.since))
+    return firings, changes
 
 
-async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord]) -> None:
-    """The batch's rule changes against the stored state, in the caller's transaction."""
+async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox: Outbox | None = None) -> None:
+    """The batch's rule changes against the stored state, in the caller's transaction: the states, the
+    firings, their publish and webhook actions as outbox rows, and the rules' alerts opened and resolved
+    (notified on `outbox`'s channels like every alert)."""
     keys = sorted({(rule.name, rec.device_id, rec.relay) for rec in records for rule, _ in rec.changes})
     if not keys:
         return
@@ -112,15 +203,52 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord]) -> None
         (r["rule"], r["device_id"], r["relay"]): State(r["value"], r["changed_at"], r["since"], r["fired_at"])
         for r in await conn.fetch(LOCK_STATE, *[list(c) for c in zip(*keys, strict=True)])
     }
-    firings = transitions(records, current)
+    firings, changes = transitions(records, current)
     changed = [(*k, s.value, s.changed_at, s.since, s.fired_at) for k, s in current.items() if s.changed]
-    if changed:
-        await conn.execute(WRITE, *_columns(changed, 7), *_columns(firings, 8))
-        # Delivered at commit (and never if we roll back): other replicas' caches learn of it.
-        for payload in peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed})):
-            await conn.execute(NOTIFY, peers.CHANNEL, payload)
+    if not changed:
+        return
+    per_firing = [f.outbox_rows() for f in firings]
+    actions = [row for rows in per_firing for row in rows]
+    fired = [f.row(rows) for f, rows in zip(firings, per_firing, strict=True)]
+    inserted = await conn.fetch(WRITE, *_columns(changed, 7), *_columns(fired, 9), *_columns(actions, 11))
+    if outbox is None:
+        outbox = Outbox()
+    if inserted:
+        outbox.written += int(inserted[0]["notified"])
+    # Delivered at commit (and never if we roll back): other replicas' caches learn of it.
+    for payload in peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed})):
+        await conn.execute(NOTIFY, peers.CHANNEL, payload)
+    if changes:
+        new = {(r["rule"], r["device_id"], r["relay"], r["since"]) for r in inserted}
+        by_key = {(f.rule.name, f.device_id, f.relay, f.since): f for f in firings}
+        await _alerts(conn, outbox, [c for c in changes if c[3] is None or (c[0].name, *c[1:]) in new], by_key)
     if firings:
-        metrics.count_firings(firings)
+        metrics.count_firings([f.rule.name for f in firings])
+
+
+async def _alerts(conn: asyncpg.Connection, outbox: Outbox, changes: Sequence[Change],
+                  firings: Mapping[tuple[str, str, int, datetime], Firing]) -> None:  # fmt: skip
+    """Open an alert per rise that fired, resolve it per fall, in order per alert: the n-th change of
+    every alert in round n (a device rising, falling and rising in one batch: open, resolve, open)."""
+    queues: dict[tuple[str, str], list[Change]] = {}
+    for change in changes:
+        queues.setdefault((change[1], alert_key(change[0].name, change[2])), []).append(change)
+    depth = max(len(q) for q in queues.values())
+    for n in range(depth):
+        opens: list[AlertSpec] = []
+        resolves: list[tuple[str, str, str]] = []
+        for (device, key), queue in queues.items():
+            if n >= len(queue):
+                continue
+            rule, _, relay, since = queue[n]
+            if since is None:
+                resolves.append((device, RULE_ALERT, key))
+            else:
+                spec = firings[(rule.name, device, relay, since)].alert()
+                if spec is not None:
+                    opens.append(spec)
+        await resolve_alerts(conn, outbox, resolves)
+        await open_alerts(conn, outbox, opens)
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

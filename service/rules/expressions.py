@@ -177,11 +177,76 @@ def compile_any(conditions: Sequence[tuple[ast.expr, frozenset[str]]], names: Na
     an equality False, which leaves a false rule false all the same.
     """
     body = _reads(conditions, names)
-    tests = [_Rename().visit(_copy(tree)) for tree, _ in conditions]
+    tests = _loosest([_Rename().visit(_copy(tree)) for tree, _ in conditions])
     test: ast.expr = tests[0] if len(tests) == 1 else ast.BoolOp(ast.Or(), tests)
     body.append(ast.Return(ast.UnaryOp(ast.Not(), ast.UnaryOp(ast.Not(), test))))
     any_true: Callable[[Any, Any], bool] = _function(body)  # type: ignore[assignment]
     return any_true
+
+
+_FLIP: dict[type[ast.cmpop], type[ast.cmpop]] = {ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Lt: ast.Gt, ast.LtE: ast.GtE}
+
+
+def _loosest(tests: Sequence[ast.expr]) -> list[ast.expr]:
+    """The disjuncts of `t0 or t1 or …` with the same answer to "does any hold", fewer of them: the
+    top-level `or`s flattened, repeats dropped, and of the bounds `E > c1`, `E > c2` … on one
+    expression E only the loosest kept (`E > min(c)`; `E < max(c)` likewise). Twenty rules that
+    differ in a threshold cost one comparison on the fast path, not twenty."""
+    flat: list[ast.expr] = []
+    for test in tests:
+        flat.extend(_disjuncts(test))
+    out: list[ast.expr] = []
+    seen: set[str] = set()
+    bounds: dict[tuple[str, type[ast.cmpop]], tuple[int, int | float]] = {}  # (E, op) -> (index in out, c)
+    for test in flat:
+        text = ast.unparse(test)
+        if text in seen:
+            continue
+        seen.add(text)
+        bound = _bound(test)
+        if bound is None:
+            out.append(test)
+            continue
+        left, op, value = bound
+        key = (ast.unparse(left), op)
+        if key not in bounds:
+            bounds[key] = (len(out), value)
+            out.append(ast.Compare(left, [op()], [ast.Constant(value)]))
+            continue
+        index, old = bounds[key]
+        loosest = min(old, value) if op in (ast.Gt, ast.GtE) else max(old, value)
+        bounds[key] = (index, loosest)
+        out[index] = ast.Compare(left, [op()], [ast.Constant(loosest)])
+    return out
+
+
+def _disjuncts(test: ast.expr) -> list[ast.expr]:
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.Or):
+        return [d for v in test.values for d in _disjuncts(v)]
+    return [test]
+
+
+def _bound(test: ast.expr) -> tuple[ast.expr, type[ast.cmpop], int | float] | None:
+    """`E op c` or `c op E` with op one of > >= < <= and c a number literal: (E, op as `E op c`, c)."""
+    if not isinstance(test, ast.Compare) or len(test.ops) != 1 or type(test.ops[0]) not in _FLIP:
+        return None
+    op, left, right = type(test.ops[0]), test.left, test.comparators[0]
+    value = _number(right)
+    if value is not None and _number(left) is None:
+        return left, op, value
+    value = _number(left)
+    if value is not None and _number(right) is None:
+        return right, _FLIP[op], value
+    return None
+
+
+def _number(node: ast.expr) -> int | float | None:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _number(node.operand)
+        return None if inner is None else -inner
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return node.value
+    return None
 
 
 def _reads(conditions: Sequence[tuple[ast.expr, frozenset[str]]], names: Names) -> list[ast.stmt]:

@@ -36,6 +36,14 @@ from service.rules.templates import Template, TemplateError, check_template, che
 # Names a template may use beyond the route's: the rule's own.
 _RULE_NAMES = ("rule", "severity")
 
+RULE_ALERT = "rule"  # the kind of the alerts rules open
+
+
+def alert_key(rule: str, relay: int) -> str:
+    """A rule's alert for a device is keyed by the rule's name; on a route with a relay, per relay
+    (`pump-on/3`), so that each relay's alert resolves on its own."""
+    return rule if relay < 0 else f"{rule}/{relay}"
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. In YAML 1.1 (PyYAML's default) the key `on:` is True."""
@@ -65,13 +73,22 @@ class CompiledRule:
     actions: tuple[tuple[str, Any], ...]  # (kind, checked templates)
     index: int  # position among its route's rules
 
-    def render(self, context: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The firing's actions with every template filled in (what the outbox will carry out)."""
+    @property
+    def has_alert(self) -> bool:
+        return any(kind == "alert" for kind, _ in self.actions)
+
+    @property
+    def publish_topics(self) -> list[Template]:
+        return [spec["topic"] for kind, spec in self.actions if kind == "publish"]
+
+    def render(self, context: Mapping[str, Any], relay: int = -1) -> list[dict[str, Any]]:
+        """The firing's actions with every template filled in (what the outbox carries out)."""
         ctx = {**context, "rule": self.name, "severity": self.severity}
         out: list[dict[str, Any]] = []
         for kind, spec in self.actions:
             if kind == "alert":
-                out.append({"alert": {"text": spec.render(ctx), "severity": self.severity, "key": self.name}})
+                out.append({"alert": {"text": spec.render(ctx), "severity": self.severity,
+                                      "key": alert_key(self.name, relay)}})  # fmt: skip
             elif kind == "publish":
                 out.append({"publish": {"topic": spec["topic"].render(ctx),
                                         "payload": render_value(spec["payload"], ctx),
@@ -97,6 +114,11 @@ class RuleSet:
     by_route: Mapping[str, RouteRules] = field(default_factory=dict)
     source: str | None = None  # the file it came from
     loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def publish_topics(self) -> list[str]:
+        """The templates of every publish action's topic (the router's own topics, service/runtime.py)."""
+        return [t.text for rule in self.rules for t in rule.publish_topics]
 
     def __getitem__(self, name: str) -> CompiledRule:
         for rule in self.rules:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Sequence
-from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -16,8 +15,8 @@ RELOADS = Counter("autocore_rule_reloads_total", "Rules file reloads, by outcome
 LOADED = Gauge("autocore_rules_loaded", "Rules currently loaded")
 
 
-def count_firings(firings: Sequence[tuple[Any, ...]]) -> None:
+def count_firings(names: Sequence[str]) -> None:
     # Counted inside the transaction: a batch that is rolled back and retried counts again. Exact
     # counts are in rule_firings (GET /rules).
-    for rule, n in Tally(f[0] for f in firings).items():
+    for rule, n in Tally(names).items():
         FIRINGS.labels(rule).inc(n)

@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.config import redact_url
+
 _COUNTS = """
 SELECT rule, count(*) AS fired, max(recorded_at) AS last_fired_at FROM rule_firings
 WHERE rule = ANY(:names) GROUP BY rule
@@ -24,6 +26,13 @@ ORDER BY id DESC LIMIT :limit OFFSET :offset
 _FIRINGS_TOTAL = (
     "SELECT count(*) FROM rule_firings WHERE rule = :rule AND (CAST(:device AS text) IS NULL OR device_id = :device)"
 )
+
+
+# What the outbox did with each firing's publish and webhook actions (notifications.firing_id).
+_DELIVERIES = """
+SELECT firing_id, event_id::text AS idempotency_key, channel, target, status, attempts, sent_at, last_error
+FROM notifications WHERE firing_id = ANY(:ids) ORDER BY id
+"""
 
 
 async def summaries(
@@ -43,4 +52,14 @@ async def firings(
     params = {"rule": rule, "device": device, "limit": limit, "offset": offset}
     rows = [dict(r) for r in (await session.execute(text(_FIRINGS), params)).mappings()]
     total = (await session.execute(text(_FIRINGS_TOTAL), params)).scalar_one()
+    deliveries: dict[int, list[dict[str, Any]]] = {r["id"]: [] for r in rows}
+    if rows:
+        for d in (await session.execute(text(_DELIVERIES), {"ids": list(deliveries)})).mappings():
+            item = dict(d)
+            firing = item.pop("firing_id")
+            if item["channel"] == "webhook":
+                item["target"] = redact_url(item["target"])
+            deliveries[firing].append(item)
+    for r in rows:
+        r["deliveries"] = deliveries[r["id"]]
     return rows, int(total)

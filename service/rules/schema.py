@@ -45,7 +45,7 @@ class AlertAction(_Strict):
 class PublishSpec(_Strict):
     topic: Annotated[str, Field(min_length=1, max_length=1024)]  # template
     payload: Any = None  # JSON value; strings in it are templates
-    qos: Literal[0, 1, 2] = 1
+    qos: Literal[0, 1] = 1  # what MqttTransport.publish carries out (QoS 2 is not offered)
     retain: bool = False
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     Text,
+    false,
     func,
 )
 from sqlalchemy import text as sql_text
@@ -240,10 +241,15 @@ class Notification(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     sent_at: Mapped[datetime | None] = mapped_column(TS)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A rule action's row: its firing (rule_firings.id), and a publish's MQTT options (migration 0006).
+    firing_id: Mapped[int | None] = mapped_column(BigInteger)
+    qos: Mapped[int] = mapped_column(SmallInteger, server_default="1")
+    retain: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
         Index("ix_notifications_due", "next_attempt_at", postgresql_where=sql_text("status = 'pending'")),
+        Index("ix_notifications_firing_id", "firing_id", postgresql_where=sql_text("firing_id IS NOT NULL")),
         Index(None, "event_id", "channel", "target", unique=True),
         Index(None, "status", "id"),
     )
@@ -266,7 +272,8 @@ class RuleState(Base):
 
 
 class RuleFiring(Base):
-    """A rule firing with its rendered actions; `pending` until the outbox (issue 11) carries them out."""
+    """A rule firing with its rendered actions; `pending` until the outbox has carried out its publish and
+    webhook actions (`done`, or `failed` when one gave up), `done` at once when it has none."""
 
     __tablename__ = "rule_firings"
 

@@ -361,7 +361,7 @@ class BatchWriter:
         if g.dead:
             await conn.execute(sql.INSERT_DEAD_LETTERS, *sql.columns(sql.merged_dead_letters(g.dead), 9))
         if g.rules:
-            await rules_engine.apply(conn, g.rules)
+            await rules_engine.apply(conn, g.rules, self._watch.outbox)  # alerts notify where the watch's do
 
 
 class _Redelivered(Exception):
