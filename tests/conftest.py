@@ -41,6 +41,7 @@ TABLES = (
     "dead_letters",
     "alerts",
     "notifications",
+    "telemetry_stats",
 )
 
 

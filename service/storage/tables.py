@@ -340,3 +340,28 @@ class RollupState(Base):
     # ('-infinity': nothing dropped yet).
     raw_complete_from: Mapped[datetime] = mapped_column(TS)
     swept_at: Mapped[datetime | None] = mapped_column(TS)
+
+
+class TelemetryStats(Base):
+    """Per device and numeric metric: counts, extremes, moving average and anomaly state
+    (service/stats/, docs/statistics.md). Written with the batch whose rows it counts."""
+
+    __tablename__ = "telemetry_stats"
+
+    device_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    metric: Mapped[str] = mapped_column(Key, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    min: Mapped[float | None] = mapped_column(Double)
+    max: Mapped[float | None] = mapped_column(Double)
+    last_value: Mapped[float | None] = mapped_column(Double)
+    last_ts: Mapped[datetime | None] = mapped_column(TS)
+    n: Mapped[int] = mapped_column(BigInteger)  # samples in the moving average
+    mean: Mapped[float] = mapped_column(Double)
+    var: Mapped[float] = mapped_column(Double)
+    anomalous: Mapped[bool] = mapped_column(Boolean)
+    normal_run: Mapped[int] = mapped_column(Integer)
+    outlier_run: Mapped[int] = mapped_column(Integer)
+    run_mean: Mapped[float] = mapped_column(Double)
+    run_m2: Mapped[float] = mapped_column(Double)
+    last_z: Mapped[float | None] = mapped_column(Double)
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
