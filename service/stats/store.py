@@ -1,12 +1,13 @@
 """Statistics of the rows a batch inserted, in the batch's own transaction (docs/statistics.md).
 
-Two statements per batch with telemetry, whatever the number of devices:
+Three round trips per batch with telemetry, whatever the number of devices:
 
 1. LOCK: the stored rows of every device of the batch, locked in (device_id, metric) order (two
    writers of the same devices lock them in the same order: no deadlock). It runs after every
    other statement of the batch, so a writer that holds stats rows waits for nothing but other
    stats rows (and the anomaly alerts, which only holders of the device's stats rows touch).
-2. WRITE: the new figures of the rows read (UPDATE) and the rows created (INSERT, in key order).
+2. COPY of the new figures into a temporary table (service/stats/copy.py: cheaper than arrays).
+3. WRITE: from it, the rows read (UPDATE) and the rows created (INSERT, in key order).
    A row another writer created since step 1 (both saw the metric for the first time) is not
    overwritten: the statement reports it and the batch is written again (StatsRaced), this time
    finding the row to lock.
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import AsyncIterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -30,6 +32,7 @@ import asyncpg
 
 from service import metrics
 from service.notify.outbox import Outbox
+from service.stats.copy import COLUMNS, CREATE_STAGE, STAGE, stage_data
 from service.stats.ewma import ANOMALOUS, OPENED, RESOLVED, MetricState, Params, observe
 from service.watch.alerts import AlertSpec, open_alerts, resolve_alerts
 
@@ -40,27 +43,20 @@ STATE_COLUMNS = (
     "count", "min", "max", "last_value", "last_ts", "n", "mean", "var", "anomalous", "normal_run",
     "outlier_run", "run_mean", "run_m2", "last_z",
 )  # fmt: skip
-_TYPES = (
-    "int8", "float8", "float8", "float8", "timestamptz", "int8", "float8", "float8", "bool", "int4",
-    "int4", "float8", "float8", "float8",
-)  # fmt: skip
 
 LOCK = f"""
 SELECT device_id, metric, {", ".join(STATE_COLUMNS)} FROM telemetry_stats
 WHERE device_id = ANY($1::text[]) ORDER BY device_id, metric FOR UPDATE
 """
 
-_U = ", ".join(f"${i + 4}::{t}[]" for i, t in enumerate(_TYPES))
 WRITE = f"""
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], {_U})
-        AS u(device_id, metric, created, {", ".join(STATE_COLUMNS)})
-), up AS (
+WITH up AS (
     UPDATE telemetry_stats s SET {", ".join(f"{c} = u.{c}" for c in STATE_COLUMNS)}, updated_at = now()
-    FROM u WHERE NOT u.created AND s.device_id = u.device_id AND s.metric = u.metric
+    FROM {STAGE} u WHERE NOT u.created AND s.device_id = u.device_id AND s.metric = u.metric
 ), ins AS (
     INSERT INTO telemetry_stats (device_id, metric, {", ".join(STATE_COLUMNS)})
-    SELECT device_id, metric, {", ".join(STATE_COLUMNS)} FROM u WHERE u.created
+    SELECT device_id, metric, {", ".join(STATE_COLUMNS)} FROM {STAGE} u WHERE u.created
+    ORDER BY device_id, metric
     ON CONFLICT (device_id, metric) DO NOTHING
     RETURNING 1
 )
@@ -81,6 +77,8 @@ class Stats:
         self.params = params or Params()
         self._alpha = self.params.alpha
         self._max_metrics = max_metrics
+        # Connections that have the temporary staging table (the writer keeps one for good).
+        self._staged: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
     async def apply(self, conn: asyncpg.Connection, rows: Sequence[Sequence[Any]]) -> None:
         """Fold inserted telemetry rows (device_id, ts, temperature, humidity, voltage, memory_free,
@@ -137,12 +135,18 @@ class Stats:
         keys: list[tuple[str, str]],
         created: set[tuple[str, str]],
     ) -> None:
-        chosen = [states[k] for k in keys]
-        cols: list[list[Any]] = [[k[0] for k in keys], [k[1] for k in keys], [k in created for k in keys]]
-        cols.extend([getattr(s, c) for s in chosen] for c in STATE_COLUMNS)
-        inserted = await conn.fetchval(WRITE, *cols)
+        if conn not in self._staged:
+            await conn.execute(CREATE_STAGE)
+            self._staged.add(conn)
+        data = stage_data(keys, states, created)
+        await conn.copy_to_table(STAGE, source=_one_chunk(data), columns=COLUMNS, format="binary")
+        inserted = await conn.fetchval(WRITE)
         if inserted != len(created):
             raise StatsRaced(f"{len(created) - inserted} stats rows were created meanwhile by another writer")
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _spec(device: str, metric: str, s: MetricState) -> AlertSpec:
