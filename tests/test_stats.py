@@ -19,6 +19,7 @@ from service.mqtt.message import InboundMessage
 from service.notify.outbox import WEBHOOK, Outbox
 from service.records import TelemetryRecord
 from service.stats.ewma import Params
+from service.stats.read import decode
 from service.stats.store import Stats
 from service.storage.writer import BatchWriter, Pending
 from tests.conftest import ServiceFactory, eventually
@@ -26,7 +27,6 @@ from tests.support.publisher import Publisher
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DEVICE = "S1"
-FIGURES = "count, min, max, last_value, last_ts, n, mean, var, anomalous, normal_run, outlier_run, last_z"
 
 
 @pytest.fixture
@@ -61,12 +61,11 @@ async def write(w: BatchWriter, records: Sequence[TelemetryRecord], per_batch: i
         await w.flush_once()
 
 
-async def figures(db: asyncpg.Connection, metric: str = "temperature") -> dict[str, Any]:
-    row = await db.fetchrow(
-        f"SELECT {FIGURES} FROM telemetry_stats WHERE device_id = $1 AND metric = $2", DEVICE, metric
-    )
+async def figures(db: asyncpg.Connection, metric: str = "temperature", device: str = DEVICE) -> dict[str, Any]:
+    row = await db.fetchrow("SELECT metrics, state FROM telemetry_stats WHERE device_id = $1", device)
     assert row is not None
-    return dict(row)
+    found = {m["metric"]: m for m in decode(row["metrics"], row["state"])}
+    return found[metric]
 
 
 async def notified(db: asyncpg.Connection) -> list[tuple[str, str]]:
@@ -107,7 +106,7 @@ async def test_step_change_opens_then_becomes_the_new_baseline(db: asyncpg.Conne
     await write(w, series(stable(100) + stable(100, seed=2, level=30.0)))
     await w.close()
     f = await figures(db)
-    assert not f["anomalous"] and abs(f["mean"] - 30.0) < 0.5
+    assert not f["anomalous"] and abs(f["average"] - 30.0) < 0.5
     alerts = await db.fetch("SELECT count, resolved_at FROM alerts WHERE kind = 'anomaly'")
     assert len(alerts) == 1 and alerts[0]["resolved_at"] is not None
     assert await notified(db) == [("anomaly", "opened"), ("anomaly", "resolved")]
@@ -132,7 +131,7 @@ async def test_an_old_sample_is_stored_but_does_not_move_the_average(db: asyncpg
     after = await figures(db)
     assert await db.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", DEVICE) == 101
     assert after["count"] == 101 and after["max"] == 1000.0
-    for k in ("mean", "var", "n", "last_value", "last_ts", "anomalous"):
+    for k in ("average", "variance", "samples", "last_value", "last_ts", "anomalous", "last_z"):
         assert after[k] == before[k], k
     assert await db.fetchval("SELECT count(*) FROM alerts") == 0
 
@@ -145,9 +144,9 @@ async def test_extras_are_tracked_up_to_the_bound(db: asyncpg.Connection, engine
     rec = TelemetryRecord(DEVICE, T0, 20.0, 50.0, 3.3, 1000, extra, now)
     await write(w, [rec, rec._replace(ts=T0 + timedelta(seconds=1))])
     await w.close()
-    metrics = [r["metric"] for r in await db.fetch("SELECT metric FROM telemetry_stats ORDER BY metric")]
-    assert metrics == ["f00", "f01", "humidity", "memory_free", "temperature", "voltage"]
-    assert await db.fetchval("SELECT count FROM telemetry_stats WHERE metric = 'f01'") == 2
+    metrics = await db.fetchval("SELECT metrics FROM telemetry_stats WHERE device_id = $1", DEVICE)
+    assert sorted(metrics) == ["f00", "f01", "humidity", "memory_free", "temperature", "voltage"]
+    assert (await figures(db, "f01"))["count"] == 2
 
 
 async def test_two_writers_on_the_same_device_count_exactly(db: asyncpg.Connection, engine: Any) -> None:
@@ -157,11 +156,13 @@ async def test_two_writers_on_the_same_device_count_exactly(db: asyncpg.Connecti
         records += series(stable(600, seed=5), device=d)
     random.Random(7).shuffle(records)
     # Both know the devices first (a device's first message locks its new devices row, which would
-    # serialize the writers): the temperature rows are then created by both at once.
+    # serialize the writers), but the devices have no stats yet (as after the upgrade that added
+    # them): both writers create the same stats rows at once, one finds the other's.
     now = time.time()
     for i, w in enumerate((one, two)):
         await write(w, [TelemetryRecord(d, T0 - timedelta(seconds=1 + i), None, None, 3.3, None, None, now)
                         for d in ("S1", "S2", "S3")])  # fmt: skip
+    await db.execute("DELETE FROM telemetry_stats")
     # Each writer gets its own half of each round, the rounds commit concurrently. In the first both
     # create the stats rows (one finds the other's and writes its batch again); in the later ones
     # each also gets a slice of the other's half (a redelivery to the other replica).
@@ -176,11 +177,11 @@ async def test_two_writers_on_the_same_device_count_exactly(db: asyncpg.Connecti
         )
     await one.close()
     await two.close()
-    rows = await db.fetch("SELECT device_id, count, n FROM telemetry_stats WHERE metric = 'temperature' ORDER BY 1")
-    assert [(r["device_id"], r["count"]) for r in rows] == [("S1", 600), ("S2", 600), ("S3", 600)]
+    temperature = [await figures(db, "temperature", d) for d in ("S1", "S2", "S3")]
+    assert [f["count"] for f in temperature] == [600, 600, 600]
+    assert all(f["samples"] <= 600 for f in temperature)
+    assert await db.fetchval("SELECT array_agg(DISTINCT m) FROM telemetry_stats, unnest(metrics) m") == ["temperature"]
     assert await db.fetchval("SELECT count(*) FROM telemetry WHERE temperature IS NOT NULL") == 1800
-    assert await db.fetchval("SELECT sum(count) FROM telemetry_stats WHERE metric = 'voltage'") == 6
-    assert all(r["n"] <= 600 for r in rows)
 
 
 async def test_api_stats_over_mqtt(

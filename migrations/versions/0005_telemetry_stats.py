@@ -1,4 +1,4 @@
-"""telemetry statistics and anomaly state per device and metric (issue 12)
+"""telemetry statistics and anomaly state per device and metric, one row per device (issue 12)
 
 Revision ID: 0005
 Revises: 0004
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -22,23 +23,10 @@ def upgrade() -> None:
     op.create_table(
         "telemetry_stats",
         sa.Column("device_id", sa.Text(collation="C"), nullable=False),
-        sa.Column("metric", sa.Text(collation="C"), nullable=False),
-        sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.Column("min", sa.Double(), nullable=True),
-        sa.Column("max", sa.Double(), nullable=True),
-        sa.Column("last_value", sa.Double(), nullable=True),
-        sa.Column("last_ts", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("n", sa.BigInteger(), nullable=False),
-        sa.Column("mean", sa.Double(), nullable=False),
-        sa.Column("var", sa.Double(), nullable=False),
-        sa.Column("anomalous", sa.Boolean(), nullable=False),
-        sa.Column("normal_run", sa.Integer(), nullable=False),
-        sa.Column("outlier_run", sa.Integer(), nullable=False),
-        sa.Column("run_mean", sa.Double(), nullable=False),
-        sa.Column("run_m2", sa.Double(), nullable=False),
-        sa.Column("last_z", sa.Double(), nullable=True),
+        sa.Column("metrics", postgresql.ARRAY(sa.Text()), nullable=False),
+        sa.Column("state", sa.LargeBinary(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.PrimaryKeyConstraint("device_id", "metric", name=op.f("pk_telemetry_stats")),
+        sa.PrimaryKeyConstraint("device_id", name=op.f("pk_telemetry_stats")),
     )
 
 

@@ -1,5 +1,8 @@
 """The statistics of one metric, sample by sample: pure functions, no I/O (docs/statistics.md).
 
+A metric's state is K floats at an offset of a device's flat list (one row per device stores them
+all as one bytea: service/stats/store.py); the field indexes are below.
+
 * Every stored sample counts (`count`, `min`, `max`), in whatever order it arrives.
 * Only a sample newer than the newest one seen (`last_ts`) moves the moving average and variance
   and is judged; an older one is history, not news.
@@ -17,12 +20,27 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Any
 
 OPENED = 1  # this sample started an anomaly
 ANOMALOUS = 2  # this sample is anomalous, as were the ones before it
 RESOLVED = 3  # this sample ended an anomaly
+
+# Fields of a metric's state. Counts are whole floats (exact up to 2^53); LAST_TS is microseconds
+# since 1970 (exact), -inf before the first sample; LAST_Z is NaN until a sample was judged.
+FIELDS = (
+    "count", "min", "max", "last_value", "last_ts", "n", "mean", "var", "anomalous", "normal_run",
+    "outlier_run", "run_mean", "run_m2", "last_z", "ref_mean", "ref_deviation",
+)  # fmt: skip
+(COUNT, MIN, MAX, LAST_VALUE, LAST_TS, N, MEAN, VAR, ANOMALOUS_FLAG, NORMAL_RUN, OUTLIER_RUN, RUN_MEAN,
+ RUN_M2, LAST_Z, REF_MEAN, REF_DEVIATION) = range(len(FIELDS))  # fmt: skip
+K = len(FIELDS)
+_INF = math.inf
+_NAN = math.nan
+_sqrt = math.sqrt
+FRESH = (0.0, _INF, -_INF, _NAN, -_INF, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, _NAN, _NAN, _NAN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,79 +56,75 @@ class Params:
         return 1.0 - math.pow(0.5, 1.0 / self.halflife)
 
 
-@dataclass(slots=True)
-class MetricState:
-    count: int = 0  # stored samples, any order
-    min: float | None = None
-    max: float | None = None
-    last_value: float | None = None
-    last_ts: datetime | None = None
-    n: int = 0  # samples in the moving average
-    mean: float = 0.0
-    var: float = 0.0
-    anomalous: bool = False
-    normal_run: int = 0  # normal samples in a row while anomalous
-    outlier_run: int = 0  # anomalous samples in a row
-    run_mean: float = 0.0  # of the current outlier run: the baseline after a level shift
-    run_m2: float = 0.0
-    last_z: float | None = None  # of the newest judged sample
-    # Not stored: what the newest judged sample was compared with (an alert's details).
-    ref_mean: float = 0.0
-    ref_deviation: float = 0.0
+def fresh() -> list[float]:
+    return list(FRESH)
 
 
-def deviation(state: MetricState) -> float:
+def deviation(var: float, mean: float) -> float:
     """The standard deviation, floored: a constant signal has none, and any change from it is a
     (finite) anomaly rather than a division by zero."""
-    return max(math.sqrt(state.var), 1e-9 * max(1.0, abs(state.mean)))
+    return max(math.sqrt(var), 1e-9 * max(1.0, abs(mean)))
 
 
-def observe(s: MetricState, ts: datetime, x: float, p: Params, alpha: float) -> int:
-    """Fold one stored sample into `s`; returns OPENED, ANOMALOUS, RESOLVED or 0 (normal, or not judged)."""
-    s.count += 1
-    if s.min is None or x < s.min:
-        s.min = x
-    if s.max is None or x > s.max:
-        s.max = x
-    if s.last_ts is not None and ts <= s.last_ts:
+def observe(v: list[float], o: int, ts: float, x: float, p: Params, alpha: float) -> int:
+    """Fold one stored sample (time `ts` in µs, value `x`) into the metric at `v[o:o+K]`; returns
+    OPENED, ANOMALOUS, RESOLVED or 0 (normal, or not judged)."""
+    v[o] += 1.0
+    if x < v[o + 1]:
+        v[o + 1] = x
+    if x > v[o + 2]:
+        v[o + 2] = x
+    if ts <= v[o + 4]:
         return 0  # older than the newest seen: stored and counted, not news
-    s.last_ts = ts
-    s.last_value = x
+    v[o + 4] = ts
+    v[o + 3] = x
+    mean = v[o + 6]
     change = 0
-    if s.n >= p.min_samples:
-        dev = deviation(s)
-        z = abs(x - s.mean) / dev
-        s.last_z = z
+    if v[o + 5] >= p.min_samples:
+        dev = _sqrt(v[o + 7])  # deviation(), inlined: this runs for every sample
+        if dev < 1e-9 or dev < 1e-9 * abs(mean):
+            dev = deviation(v[o + 7], mean)
+        z = abs(x - mean) / dev
+        v[o + 13] = z
         if z > p.threshold:
-            s.ref_mean = s.mean
-            s.ref_deviation = dev
-            s.normal_run = 0
-            k = s.outlier_run = s.outlier_run + 1
-            delta = x - s.run_mean
-            s.run_mean += delta / k
-            s.run_m2 += delta * (x - s.run_mean)
-            change = ANOMALOUS if s.anomalous else OPENED
-            s.anomalous = True
+            v[o + 14] = mean
+            v[o + 15] = dev
+            v[o + 9] = 0.0
+            k = v[o + 10] = v[o + 10] + 1.0
+            delta = x - v[o + 11]
+            run_mean = v[o + 11] = v[o + 11] + delta / k
+            v[o + 12] += delta * (x - run_mean)
+            change = ANOMALOUS if v[o + 8] else OPENED
+            v[o + 8] = 1.0
             if k >= p.rebaseline_samples:
                 # A level shift, not an outlier: the run is the new baseline.
-                s.mean = s.run_mean
-                s.var = s.run_m2 / k
-                s.outlier_run = 0
-                s.run_mean = s.run_m2 = 0.0
+                v[o + 6] = run_mean
+                v[o + 7] = v[o + 12] / k
+                v[o + 10] = v[o + 11] = v[o + 12] = 0.0
             return change
-        if s.outlier_run:
-            s.outlier_run = 0
-            s.run_mean = s.run_m2 = 0.0
-        if s.anomalous:
-            s.normal_run += 1
-            if s.normal_run >= p.clear_samples:
-                s.anomalous = False
-                s.normal_run = 0
+        if v[o + 10]:
+            v[o + 10] = v[o + 11] = v[o + 12] = 0.0
+        if v[o + 8]:
+            run = v[o + 9] = v[o + 9] + 1.0
+            if run >= p.clear_samples:
+                v[o + 8] = v[o + 9] = 0.0
                 change = RESOLVED
-    n = s.n = s.n + 1
+    n = v[o + 5] = v[o + 5] + 1.0
     a = alpha if n * alpha > 1.0 else 1.0 / n
-    d = x - s.mean
+    d = x - mean
     inc = a * d
-    s.mean += inc
-    s.var = (1.0 - a) * (s.var + d * inc)
+    v[o + 6] = mean + inc
+    v[o + 7] = (1.0 - a) * (v[o + 7] + d * inc)
     return change
+
+
+def view(v: Sequence[float], o: int = 0) -> dict[str, Any]:
+    """A metric's state by field name (counts as ints, NaN and infinities as None)."""
+    out: dict[str, Any] = {}
+    for i, name in enumerate(FIELDS):
+        x = v[o + i]
+        out[name] = x if math.isfinite(x) else None
+    for name in ("count", "n", "normal_run", "outlier_run"):
+        out[name] = int(v[o + FIELDS.index(name)])
+    out["anomalous"] = bool(v[o + ANOMALOUS_FLAG])
+    return out

@@ -1,18 +1,23 @@
 """Statistics of the rows a batch inserted, in the batch's own transaction (docs/statistics.md).
 
-Three round trips per batch with telemetry, whatever the number of devices:
+One `telemetry_stats` row per device: its metric names (`metrics`, text[]) and their states, K
+float8 each in that order, packed in one bytea (`state`, big-endian; service/stats/ewma.py has
+the fields). A message touches one row, not one per metric, and a row costs one value to send and
+one to read (parameter arrays cost asyncpg about 0.17 µs a value: 16 floats per metric sent as
+arrays cost more than the statistics themselves).
 
-1. LOCK: the stored rows of every device of the batch, locked in (device_id, metric) order (two
-   writers of the same devices lock them in the same order: no deadlock). It runs after every
-   other statement of the batch, so a writer that holds stats rows waits for nothing but other
-   stats rows (and the anomaly alerts, which only holders of the device's stats rows touch).
-2. COPY of the new figures into a temporary table (service/stats/copy.py: cheaper than arrays).
-3. WRITE: from it, the rows read (UPDATE) and the rows created (INSERT, in key order).
-   A row another writer created since step 1 (both saw the metric for the first time) is not
+Two statements per batch with telemetry, whatever the number of devices:
+
+1. LOCK: the stored rows of the batch's devices, locked in device_id order (two writers of the same
+   devices lock them in the same order: no deadlock). It runs after every other statement of the
+   batch, so a writer that holds stats rows waits for nothing but other stats rows (and the anomaly
+   alerts, which only holders of the device's stats row touch).
+2. WRITE: the new rows of the devices read (UPDATE) and of new devices (INSERT, in device order). A
+   row another writer created since step 1 (both saw the device for the first time) is not
    overwritten: the statement reports it and the batch is written again (StatsRaced), this time
    finding the row to lock.
 
-Then, only for a batch whose samples opened or ended an anomaly, the alert statements of
+Then, only for a batch whose samples opened, continued or ended an anomaly, the alert statements of
 service/watch/alerts.py (with their outbox rows).
 
 Only inserted rows come here (the writer knows them: COPY stores all of a batch or fails, and the
@@ -23,8 +28,9 @@ from __future__ import annotations
 
 import json
 import math
-import weakref
-from collections.abc import AsyncIterator, Sequence
+import struct
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
@@ -32,32 +38,37 @@ import asyncpg
 
 from service import metrics
 from service.notify.outbox import Outbox
-from service.stats.copy import COLUMNS, CREATE_STAGE, STAGE, stage_data
-from service.stats.ewma import ANOMALOUS, OPENED, RESOLVED, MetricState, Params, observe
+from service.stats.ewma import (
+    FRESH,
+    LAST_VALUE,
+    LAST_Z,
+    REF_DEVIATION,
+    REF_MEAN,
+    RESOLVED,
+    K,
+    Params,
+    observe,
+)
 from service.watch.alerts import AlertSpec, open_alerts, resolve_alerts
 
 ANOMALY = "anomaly"
 KNOWN = ("temperature", "humidity", "voltage", "memory_free")
+SEPARATOR = "\x1f"  # between metric names in the WRITE parameter (never inside one: see _numbers)
 
-STATE_COLUMNS = (
-    "count", "min", "max", "last_value", "last_ts", "n", "mean", "var", "anomalous", "normal_run",
-    "outlier_run", "run_mean", "run_m2", "last_z",
-)  # fmt: skip
-
-LOCK = f"""
-SELECT device_id, metric, {", ".join(STATE_COLUMNS)} FROM telemetry_stats
-WHERE device_id = ANY($1::text[]) ORDER BY device_id, metric FOR UPDATE
+LOCK = """
+SELECT device_id, metrics, state FROM telemetry_stats WHERE device_id = ANY($1::text[]) ORDER BY device_id FOR UPDATE
 """
 
-WRITE = f"""
-WITH up AS (
-    UPDATE telemetry_stats s SET {", ".join(f"{c} = u.{c}" for c in STATE_COLUMNS)}, updated_at = now()
-    FROM {STAGE} u WHERE NOT u.created AND s.device_id = u.device_id AND s.metric = u.metric
+WRITE = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bool[]) AS u(device_id, metrics, state, created)
+), up AS (
+    UPDATE telemetry_stats s SET metrics = string_to_array(u.metrics, chr(31)), state = u.state, updated_at = now()
+    FROM u WHERE NOT u.created AND s.device_id = u.device_id
 ), ins AS (
-    INSERT INTO telemetry_stats (device_id, metric, {", ".join(STATE_COLUMNS)})
-    SELECT device_id, metric, {", ".join(STATE_COLUMNS)} FROM {STAGE} u WHERE u.created
-    ORDER BY device_id, metric
-    ON CONFLICT (device_id, metric) DO NOTHING
+    INSERT INTO telemetry_stats (device_id, metrics, state)
+    SELECT device_id, string_to_array(metrics, chr(31)), state FROM u WHERE u.created ORDER BY device_id
+    ON CONFLICT (device_id) DO NOTHING
     RETURNING 1
 )
 SELECT count(*) FROM ins
@@ -65,10 +76,49 @@ SELECT count(*) FROM ins
 
 _by_device_ts = itemgetter(0, 1)
 _LOW, _HIGH = -math.inf, math.inf
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_formats: dict[int, Callable[..., Any]] = {}
+_indexes: dict[tuple[str, ...], dict[str, int]] = {}
+_MAX_INDEXES = 1024
+
+
+def _unpacker(size: int) -> Callable[[bytes], tuple[float, ...]]:
+    return struct.Struct(f"!{size // 8}d").unpack
+
+
+def _pack(values: list[float]) -> bytes:
+    n = len(values)
+    pack = _formats.get(n)
+    if pack is None:
+        pack = _formats[n] = struct.Struct(f"!{n}d").pack
+    return bytes(pack(*values))
+
+
+def unpack(state: bytes) -> list[float]:
+    return list(_unpacker(len(state))(state))
 
 
 class StatsRaced(Exception):
     """Another writer created a stats row this batch creates too: the batch is written again."""
+
+
+class _Device:
+    __slots__ = ("created", "index", "names", "values")
+
+    def __init__(self, names: list[str], values: list[float], created: bool) -> None:
+        self.names = names
+        # Devices share their few sets of metrics: the offsets are built once per set (copied, as a
+        # device that gains a metric extends its own).
+        key = tuple(names)
+        index = _indexes.get(key)
+        if index is None:
+            if len(_indexes) >= _MAX_INDEXES:
+                _indexes.clear()  # devices inventing field names: start over rather than grow
+            index = _indexes[key] = {m: i * K for i, m in enumerate(names)}
+        self.index = dict(index)
+        self.values = values
+        self.created = created
 
 
 class Stats:
@@ -77,88 +127,81 @@ class Stats:
         self.params = params or Params()
         self._alpha = self.params.alpha
         self._max_metrics = max_metrics
-        # Connections that have the temporary staging table (the writer keeps one for good).
-        self._staged: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
     async def apply(self, conn: asyncpg.Connection, rows: Sequence[Sequence[Any]]) -> None:
         """Fold inserted telemetry rows (device_id, ts, temperature, humidity, voltage, memory_free,
         extra JSON text, ...) into the stored statistics, inside the caller's transaction."""
         if not rows:
             return
-        devices = sorted({r[0] for r in rows})
-        states: dict[tuple[str, str], MetricState] = {}
-        per_device: dict[str, int] = {}
-        for r in await conn.fetch(LOCK, devices):
-            device = r[0]
-            states[device, r[1]] = MetricState(*r[2:])
-            per_device[device] = per_device.get(device, 0) + 1
-        created: set[tuple[str, str]] = set()
-        touched: set[tuple[str, str]] = set()
+        book: dict[str, _Device] = {}
+        for r in await conn.fetch(LOCK, sorted({r[0] for r in rows})):
+            book[r[0]] = _Device(list(r[1]), unpack(r[2]), False)
         opened: dict[tuple[str, str], AlertSpec] = {}
         ended: set[tuple[str, str]] = set()
         p, alpha, cap = self.params, self._alpha, self._max_metrics
+        epoch, us = _EPOCH, _US
         for row in sorted(rows, key=_by_device_ts):
-            device, ts = row[0], row[1]
+            device = row[0]
+            d = book.get(device)
+            if d is None:
+                d = book[device] = _Device([], [], True)
+            ts = float((row[1] - epoch) // us)
             # Not None, NaN or infinite (-inf < NaN is false): one such sample would poison the average.
             samples = [(m, v) for m, v in zip(KNOWN, row[2:6], strict=True) if v is not None and _LOW < v < _HIGH]
             if row[6]:
                 samples.extend(_numbers(row[6]))
+            index, values = d.index, d.values
             for metric, value in samples:
-                key = (device, metric)
-                s = states.get(key)
-                if s is None:
-                    if metric not in KNOWN and per_device.get(device, 0) >= cap:
+                o = index.get(metric)
+                if o is None:
+                    if metric not in KNOWN and len(d.names) >= cap:
                         metrics.ERRORS.labels("stats_metric_dropped").inc()
                         continue
-                    s = states[key] = MetricState()
-                    created.add(key)
-                    per_device[device] = per_device.get(device, 0) + 1
-                touched.add(key)
-                change = observe(s, ts, float(value), p, alpha)
-                if change in (OPENED, ANOMALOUS):
-                    opened[key] = _spec(device, metric, s)  # the newest outlier's figures
+                    o = index[metric] = len(values)
+                    d.names.append(metric)
+                    values.extend(FRESH)
+                change = observe(values, o, ts, float(value), p, alpha)
+                if change and change != RESOLVED:  # OPENED or ANOMALOUS
+                    opened[device, metric] = _spec(device, metric, values, o)  # the newest outlier's figures
                 elif change == RESOLVED:
-                    ended.add(key)
-        await self._write(conn, states, sorted(touched), created)
+                    ended.add((device, metric))
+        await self._write(conn, book)
         # Opened (or bumped) first, then ended: an anomaly that began and ended within the batch
         # is opened and resolved (both notified), as it would be over two batches.
         if opened:
             await open_alerts(conn, self._outbox, list(opened.values()))
-        resolve = [(k[0], ANOMALY, k[1]) for k in sorted(ended) if not states[k].anomalous]
+        resolve = [(k[0], ANOMALY, k[1]) for k in sorted(ended) if not _anomalous(book[k[0]], k[1])]
         if resolve:
             await resolve_alerts(conn, self._outbox, resolve)
 
-    async def _write(
-        self,
-        conn: asyncpg.Connection,
-        states: dict[tuple[str, str], MetricState],
-        keys: list[tuple[str, str]],
-        created: set[tuple[str, str]],
-    ) -> None:
-        if conn not in self._staged:
-            await conn.execute(CREATE_STAGE)
-            self._staged.add(conn)
-        data = stage_data(keys, states, created)
-        await conn.copy_to_table(STAGE, source=_one_chunk(data), columns=COLUMNS, format="binary")
-        inserted = await conn.fetchval(WRITE)
-        if inserted != len(created):
-            raise StatsRaced(f"{len(created) - inserted} stats rows were created meanwhile by another writer")
+    async def _write(self, conn: asyncpg.Connection, book: dict[str, _Device]) -> None:
+        devices = sorted(book)
+        chosen = [book[d] for d in devices]
+        created = sum(1 for d in chosen if d.created)
+        inserted = await conn.fetchval(
+            WRITE,
+            devices,
+            [SEPARATOR.join(d.names) for d in chosen],
+            [_pack(d.values) for d in chosen],
+            [d.created for d in chosen],
+        )
+        if inserted != created:
+            raise StatsRaced(f"{created - inserted} stats rows were created meanwhile by another writer")
 
 
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+def _anomalous(d: _Device, metric: str) -> bool:
+    return bool(d.values[d.index[metric] + 8])
 
 
-def _spec(device: str, metric: str, s: MetricState) -> AlertSpec:
-    z = s.last_z or 0.0
-    value = s.last_value
+def _spec(device: str, metric: str, v: list[float], o: int) -> AlertSpec:
+    z, value, mean, dev = v[o + LAST_Z], v[o + LAST_VALUE], v[o + REF_MEAN], v[o + REF_DEVIATION]
     return AlertSpec(
         device,
         ANOMALY,
         metric,
         "warning",
-        f"{metric} {value:g} is {z:.1f} deviations from its average {s.ref_mean:g}",
-        {"value": value, "average": s.ref_mean, "deviation": s.ref_deviation, "z": round(z, 3)},
+        f"{metric} {value:g} is {z:.1f} deviations from its average {mean:g}",
+        {"value": value, "average": mean, "deviation": dev, "z": round(z, 3)},
     )
 
 
@@ -172,5 +215,10 @@ def _numbers(extra: str) -> list[tuple[str, float]]:
     return [
         (k, float(v))
         for k, v in fields.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and k not in KNOWN
+        if isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and k
+        and k not in KNOWN
+        and SEPARATOR not in k
     ]

@@ -19,7 +19,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -343,25 +343,14 @@ class RollupState(Base):
 
 
 class TelemetryStats(Base):
-    """Per device and numeric metric: counts, extremes, moving average and anomaly state
-    (service/stats/, docs/statistics.md). Written with the batch whose rows it counts."""
+    """Per device: its numeric metrics' counts, extremes, moving averages and anomaly state
+    (service/stats/, docs/statistics.md), written with the batch whose rows it counts. One row per
+    device (not per metric): a message updates one row."""
 
     __tablename__ = "telemetry_stats"
 
     device_id: Mapped[str] = mapped_column(Key, primary_key=True)
-    metric: Mapped[str] = mapped_column(Key, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger)
-    min: Mapped[float | None] = mapped_column(Double)
-    max: Mapped[float | None] = mapped_column(Double)
-    last_value: Mapped[float | None] = mapped_column(Double)
-    last_ts: Mapped[datetime | None] = mapped_column(TS)
-    n: Mapped[int] = mapped_column(BigInteger)  # samples in the moving average
-    mean: Mapped[float] = mapped_column(Double)
-    var: Mapped[float] = mapped_column(Double)
-    anomalous: Mapped[bool] = mapped_column(Boolean)
-    normal_run: Mapped[int] = mapped_column(Integer)
-    outlier_run: Mapped[int] = mapped_column(Integer)
-    run_mean: Mapped[float] = mapped_column(Double)
-    run_m2: Mapped[float] = mapped_column(Double)
-    last_z: Mapped[float | None] = mapped_column(Double)
+    metrics: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    # Per metric, in `metrics` order, the float8 fields of service/stats/ewma.py, big-endian.
+    state: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
