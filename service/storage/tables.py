@@ -351,6 +351,6 @@ class TelemetryStats(Base):
 
     device_id: Mapped[str] = mapped_column(Key, primary_key=True)
     metrics: Mapped[list[str]] = mapped_column(ARRAY(Text))
-    # Per metric, in `metrics` order, the float8 fields of service/stats/ewma.py, big-endian.
+    # Per metric, in `metrics` order, the float8 fields of service/stats/ewma.py, little-endian.
     state: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
