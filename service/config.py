@@ -119,6 +119,19 @@ class Settings(BaseSettings):
     # Rows the sender claims at a time (bounds its memory whatever the backlog).
     notify_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
     notify_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    # Statistics per device and numeric metric, written with each batch (docs/statistics.md). Off by
+    # default until it fits its budget: on, it costs about 4 µs CPU per telemetry message (+60 %).
+    stats_enabled: bool = False
+    # The four known metrics always; extra numeric fields while the device has fewer metrics than this.
+    stats_max_metrics_per_device: Annotated[int, Field(ge=4, le=1000)] = 16
+    stats_halflife_samples: Annotated[float, Field(ge=1, le=1_000_000)] = 20.0
+    # Anomaly: |value - average| above this many deviations, once the average has this many samples.
+    anomaly_z_threshold: Annotated[float, Field(gt=0, le=1000)] = 4.0
+    anomaly_min_samples: Annotated[int, Field(ge=2, le=1_000_000)] = 30
+    # Normal samples in a row that end an anomaly.
+    anomaly_clear_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 5
+    # Anomalous samples in a row that are a level shift: they become the new baseline.
+    anomaly_rebaseline_samples: Annotated[int, Field(ge=2, le=1_000_000)] = 20
 
     @property
     def webhook_urls(self) -> list[str]:

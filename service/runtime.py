@@ -33,6 +33,7 @@ from service.routing.middleware.setup import RoutingMiddleware, build_middleware
 from service.routing.router import Router
 from service.rules.active import ActiveRules
 from service.rules.loader import RulesError
+from service.stats.build import build_stats
 from service.storage.db import create_engine, ping
 from service.storage.migrate import upgrade_to_head
 from service.storage.writer import BatchWriter, Pending
@@ -109,6 +110,7 @@ class Runtime:
             last_seen_resolution=settings.device_last_seen_resolution,
             on_batch=_observe_batch,
             watch=watch,
+            stats=build_stats(settings, outbox),
         )
         transport: MqttTransport | None = None
         if settings.mqtt_monitor_enabled:

@@ -43,6 +43,7 @@ TABLES = (
     "dead_letters",
     "alerts",
     "notifications",
+    "telemetry_stats",
 )
 
 

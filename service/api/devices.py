@@ -21,6 +21,7 @@ from service.api.schemas import (
     DeviceDetail,
     DevicePage,
     DevicePublic,
+    MetricStats,
     Problem,
     RelayChange,
     RelayPublic,
@@ -30,6 +31,7 @@ from service.api.schemas import (
 )
 from service.fleet_cache import FleetCache
 from service.runtime import Runtime
+from service.stats.read import device_stats
 from service.storage import queries, watch_queries
 from service.watch.alerts import UNKNOWN_DEVICE, resolve_alerts
 from service.watch.sweep import raw_connection
@@ -126,30 +128,32 @@ def _fleet(runtime: Runtime) -> FleetCache:
     return runtime.fleet
 
 
-Detail = tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]
+Rows = list[dict[str, Any]]
+Detail = tuple[dict[str, Any] | None, dict[str, Any] | None, Rows, Rows, Rows]
 
 
 @router.get("/{device_id}", response_model=DeviceDetail, responses={**_UNKNOWN, 200: {"description": _CACHED}})
 async def get_device(runtime: RuntimeDep, session: SessionDep, device_id: DeviceId) -> Any:
     """Current state: online, last seen, IP, firmware, uptime, the newest telemetry row, every relay,
-    its open alerts (not while answering from the cache)."""
+    its open alerts and per-metric statistics (not while answering from the cache)."""
 
     async def fresh() -> Detail:
         row = await queries.device(session, device_id)
         if row is None:
-            return None, None, [], []
+            return None, None, [], [], []
         return (
             row,
             await queries.latest_telemetry(session, device_id),
             await queries.relays(session, device_id),
             await watch_queries.open_alerts_of(session, device_id),
+            await device_stats(session, device_id),
         )
 
     def cached() -> Detail:
         fleet = _fleet(runtime)
-        return fleet.device(device_id), fleet.latest_telemetry(device_id), fleet.relays(device_id), []
+        return fleet.device(device_id), fleet.latest_telemetry(device_id), fleet.relays(device_id), [], []
 
-    (row, latest, relays, alerts), answer = await fresh_or_cached(runtime, fresh, cached)
+    (row, latest, relays, alerts, stats), answer = await fresh_or_cached(runtime, fresh, cached)
     if row is None:
         raise HTTPException(404, f"unknown device {device_id!r}")
     detail = DeviceDetail(
@@ -157,6 +161,7 @@ async def get_device(runtime: RuntimeDep, session: SessionDep, device_id: Device
         latest_telemetry=TelemetryPublic(**latest) if latest else None,
         relays=[RelayPublic(**r) for r in relays],
         open_alerts=[AlertPublic(**a) for a in alerts],
+        stats=[MetricStats(**m) for m in stats],
     )
     return respond(detail.model_dump(mode="json", exclude={"stale", "as_of", "broker_connected"}), answer)
 
@@ -221,6 +226,14 @@ async def get_telemetry(
         for r in rows
     ]
     return TelemetryBuckets(bucket=bucket, items=items)
+
+
+@router.get("/{device_id}/stats", response_model=list[MetricStats], responses=_UNKNOWN)
+async def get_stats(session: SessionDep, device_id: DeviceId) -> Any:
+    """Per numeric metric: count, min, max, the newest value, the moving average and deviation, and
+    whether an anomaly is open (docs/statistics.md)."""
+    await _existing(session, device_id)
+    return [MetricStats(**m) for m in await device_stats(session, device_id)]
 
 
 @router.get(

@@ -87,10 +87,30 @@ class AlertPublic(BaseModel):
     acknowledged_by: str | None
 
 
+class MetricStats(BaseModel):
+    """One metric's statistics (docs/statistics.md)."""
+
+    metric: str
+    count: int = Field(description="samples stored, in any order")
+    min: float | None
+    max: float | None
+    last_value: float | None = Field(description="the newest sample by the device's clock")
+    last_ts: datetime | None
+    samples: int = Field(description="samples in the moving average (anomalous ones are left out)")
+    average: float = Field(description="exponentially weighted moving average")
+    variance: float = Field(description="exponentially weighted moving variance")
+    deviation: float = Field(description="square root of the variance")
+    anomalous: bool = Field(description="an anomaly is open (ANOMALY_CLEAR_SAMPLES normal samples in a row end it)")
+    last_z: float | None = Field(description="deviations of the newest judged sample from the average")
+
+
 class DeviceDetail(DevicePublic, Freshness):
     latest_telemetry: TelemetryPublic | None
     relays: list[RelayPublic]
     open_alerts: list[AlertPublic] = Field(default_factory=list)
+    stats: list[MetricStats] = Field(
+        default_factory=list, description="per metric (not while answering from the cache)"
+    )
 
 
 class RelayChange(BaseModel):

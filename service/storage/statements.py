@@ -33,6 +33,11 @@ FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float
 ON CONFLICT DO NOTHING
 """
 
+# What the ON CONFLICT statement stored (statistics count only inserted rows: service/stats/).
+INSERT_TELEMETRY_RETURNING = (
+    INSERT_TELEMETRY + "RETURNING device_id, ts, temperature, humidity, voltage, memory_free, extra::text\n"
+)
+
 # Insert-only tables, written by COPY while no row of the batch is stored already (the common case).
 TELEMETRY_COLUMNS = (
     "device_id", "ts", "temperature", "humidity", "voltage", "memory_free", "extra", "received_at"

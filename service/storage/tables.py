@@ -20,7 +20,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -347,3 +347,17 @@ class RollupState(Base):
     # ('-infinity': nothing dropped yet).
     raw_complete_from: Mapped[datetime] = mapped_column(TS)
     swept_at: Mapped[datetime | None] = mapped_column(TS)
+
+
+class TelemetryStats(Base):
+    """Per device: its numeric metrics' counts, extremes, moving averages and anomaly state
+    (service/stats/, docs/statistics.md), written with the batch whose rows it counts. One row per
+    device (not per metric): a message updates one row."""
+
+    __tablename__ = "telemetry_stats"
+
+    device_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    metrics: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    # Per metric, in `metrics` order, the float8 fields of service/stats/ewma.py, little-endian.
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())

@@ -40,6 +40,7 @@ from service.mqtt.message import InboundMessage
 from service.pipeline import dead_letter
 from service.records import Record
 from service.rules import engine as rules_engine
+from service.stats.store import Stats, StatsRaced
 from service.storage import statements as sql
 from service.watch.liveness import Watch
 
@@ -51,6 +52,7 @@ _PERMANENT_CLASSES = ("22", "23", "54")
 _MAX_LAST_SEEN_CACHE = 200_000
 _TRANSACTION_TIMEOUT = 30.0
 _LOGGED_PAYLOAD = 4096  # bytes of a dropped message's payload put in the log
+_STATS_RACES = 5  # attempts of a batch whose new stats rows another writer keeps creating first
 
 
 @dataclass(slots=True)
@@ -97,6 +99,7 @@ class BatchWriter:
         last_seen_resolution: float = 1.0,
         on_batch: Callable[[int, float], None] = lambda _size, _seconds: None,
         watch: Watch | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self._engine = engine
         self.batch_size = batch_size
@@ -119,6 +122,8 @@ class BatchWriter:
         self._on_batch = on_batch  # (messages, seconds) per committed transaction
         # Liveness, alerts and critical relays, derived in the batch's own transaction.
         self._watch = watch or Watch()
+        # Statistics and anomalies of the inserted telemetry, in the same transaction (None: off).
+        self._stats = stats
 
     def observe(self, observer: CommitObserver) -> None:
         """Call `observer(batch)` after every commit, after the observers registered before it.
@@ -263,13 +268,21 @@ class BatchWriter:
         g = sql.group([(p.message.received_at, p.records) for p in batch])
         touch = self._touches(g)
         started = time.perf_counter()
-        try:
-            await self._attempt(g, touch, copy=True)
-        except _Redelivered as exc:
-            # Some rows are stored already (the broker redelivered what we had not acknowledged):
-            # COPY cannot skip them, the ON CONFLICT statements can.
-            log.debug("%s: a row of the batch is stored already; writing it again with ON CONFLICT", exc)
-            await self._attempt(g, touch, copy=False)
+        copy = True
+        for again in range(_STATS_RACES):
+            try:
+                await self._attempt(g, touch, copy=copy)
+                break
+            except _Redelivered as exc:
+                # Some rows are stored already (the broker redelivered what we had not acknowledged):
+                # COPY cannot skip them, the ON CONFLICT statements can.
+                log.debug("%s: a row of the batch is stored already; writing it again with ON CONFLICT", exc)
+                copy = False
+            except StatsRaced as exc:
+                # Rolled back; the rows the other writer created exist now, and are locked next time.
+                if again == _STATS_RACES - 1:
+                    raise
+                log.debug("%s; writing the batch again", exc)
         self._on_batch(len(batch), time.perf_counter() - started)
         for device, seen in touch:
             self._last_seen[device] = seen
@@ -333,6 +346,7 @@ class BatchWriter:
     ) -> None:
         if touch or g.status:
             await self._watch.devices(conn, g.status, g.seen, touch)
+        inserted: Sequence[Sequence[Any]] = ()
         if g.telemetry:
             if copy:
                 data = _encoded("telemetry", sql.telemetry_copy, g.telemetry)
@@ -340,6 +354,9 @@ class BatchWriter:
                     await _copy_binary(conn, "telemetry", sql.TELEMETRY_COLUMNS, data)
                 else:
                     await _copy(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_rows(g.telemetry))
+                inserted = g.telemetry  # COPY stores every row or fails
+            elif self._stats is not None:
+                inserted = await conn.fetch(sql.INSERT_TELEMETRY_RETURNING, *sql.columns(g.telemetry, 8))
             else:
                 await conn.execute(sql.INSERT_TELEMETRY, *sql.columns(g.telemetry, 8))
         if g.relays:
@@ -362,6 +379,9 @@ class BatchWriter:
             await conn.execute(sql.INSERT_DEAD_LETTERS, *sql.columns(sql.merged_dead_letters(g.dead), 9))
         if g.rules:
             await rules_engine.apply(conn, g.rules, self._watch.outbox)  # alerts notify where the watch's do
+        if inserted and self._stats is not None:
+            # Last: a writer holding stats rows waits for no other lock of the batch (no deadlock).
+            await self._stats.apply(conn, inserted)
 
 
 class _Redelivered(Exception):

@@ -1,0 +1,1 @@
+"""Per-metric statistics of telemetry and anomaly detection (docs/statistics.md)."""

@@ -1,0 +1,210 @@
+"""Statistics and anomalies written with the batch (service/stats/), against the real database:
+only inserted rows count, redeliveries and late samples change nothing, two writers count exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.mqtt.message import InboundMessage
+from service.notify.outbox import WEBHOOK, Outbox
+from service.records import TelemetryRecord
+from service.stats.ewma import Params
+from service.stats.read import decode
+from service.stats.store import Stats
+from service.storage.writer import BatchWriter, Pending
+from tests.conftest import ServiceFactory, eventually
+from tests.support.publisher import Publisher
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DEVICE = "S1"
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[Any]:
+    eng = create_async_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+def writer(engine: Any) -> BatchWriter:
+    stats = Stats(Outbox([(WEBHOOK, "http://127.0.0.1:9/hook")]), Params())
+    return BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
+
+
+def series(values: Sequence[float], device: str = DEVICE, start: int = 0) -> list[TelemetryRecord]:
+    now = time.time()
+    return [
+        TelemetryRecord(device, T0 + timedelta(seconds=start + i), v, None, None, None, None, now)
+        for i, v in enumerate(values)
+    ]
+
+
+def stable(n: int, seed: int = 1, level: float = 20.0) -> list[float]:
+    r = random.Random(seed)
+    return [level + r.gauss(0, 0.5) for _ in range(n)]
+
+
+async def write(w: BatchWriter, records: Sequence[TelemetryRecord], per_batch: int = 25) -> None:
+    for i in range(0, len(records), per_batch):
+        for rec in records[i : i + per_batch]:
+            w.add(Pending(InboundMessage(f"x/{rec.device_id}/telemetry", b"{}", 1, False, rec.received_at), [rec], "t"))
+        await w.flush_once()
+
+
+async def figures(db: asyncpg.Connection, metric: str = "temperature", device: str = DEVICE) -> dict[str, Any]:
+    row = await db.fetchrow("SELECT metrics, state FROM telemetry_stats WHERE device_id = $1", device)
+    assert row is not None
+    found = {m["metric"]: m for m in decode(row["metrics"], row["state"])}
+    return found[metric]
+
+
+async def notified(db: asyncpg.Connection) -> list[tuple[str, str]]:
+    rows = await db.fetch("SELECT kind, state FROM notifications ORDER BY id")
+    return [(r["kind"], r["state"]) for r in rows]
+
+
+async def test_spike_opens_and_resolves_one_alert_and_a_redelivery_changes_nothing(
+    db: asyncpg.Connection, engine: Any
+) -> None:
+    values = stable(200)
+    values[120] = 40.0
+    records = series(values)
+    w = writer(engine)
+    await write(w, records)
+    alerts = await db.fetch("SELECT key, details, resolved_at FROM alerts WHERE kind = 'anomaly'")
+    assert len(alerts) == 1 and alerts[0]["key"] == "temperature" and alerts[0]["resolved_at"] is not None
+    details = json.loads(alerts[0]["details"])
+    assert details["value"] == 40.0 and details["z"] > 4 and abs(details["average"] - 20) < 0.5
+    assert await notified(db) == [("anomaly", "opened"), ("anomaly", "resolved")]
+    before = await figures(db)
+    assert before["count"] == 200 and before["max"] == 40.0 and not before["anomalous"]
+
+    # The broker delivers it all again (a restart before the acknowledgements): nothing changes.
+    again = writer(engine)
+    await write(again, records, per_batch=40)
+    await write(w, records[:10])
+    await w.close()
+    await again.close()
+    assert await figures(db) == before
+    assert await db.fetchval("SELECT count(*) FROM alerts") == 1
+    assert await notified(db) == [("anomaly", "opened"), ("anomaly", "resolved")]
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 200
+
+
+async def test_step_change_opens_then_becomes_the_new_baseline(db: asyncpg.Connection, engine: Any) -> None:
+    w = writer(engine)
+    await write(w, series(stable(100) + stable(100, seed=2, level=30.0)))
+    await w.close()
+    f = await figures(db)
+    assert not f["anomalous"] and abs(f["average"] - 30.0) < 0.5
+    alerts = await db.fetch("SELECT count, resolved_at FROM alerts WHERE kind = 'anomaly'")
+    assert len(alerts) == 1 and alerts[0]["resolved_at"] is not None
+    assert await notified(db) == [("anomaly", "opened"), ("anomaly", "resolved")]
+
+
+async def test_noise_alone_opens_no_alert(db: asyncpg.Connection, engine: Any) -> None:
+    r = random.Random(3)
+    w = writer(engine)
+    await write(w, series([20.0 + r.uniform(-1, 1) for _ in range(2000)]), per_batch=500)
+    await w.close()
+    assert (await figures(db))["count"] == 2000
+    assert await db.fetchval("SELECT count(*) FROM alerts") == 0
+
+
+async def test_an_old_sample_is_stored_but_does_not_move_the_average(db: asyncpg.Connection, engine: Any) -> None:
+    w = writer(engine)
+    await write(w, series(stable(100), start=100))
+    before = await figures(db)
+    late = TelemetryRecord(DEVICE, T0 + timedelta(seconds=5), 1000.0, None, None, None, None, time.time())
+    await write(w, [late])
+    await w.close()
+    after = await figures(db)
+    assert await db.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", DEVICE) == 101
+    assert after["count"] == 101 and after["max"] == 1000.0
+    for k in ("average", "variance", "samples", "last_value", "last_ts", "anomalous", "last_z"):
+        assert after[k] == before[k], k
+    assert await db.fetchval("SELECT count(*) FROM alerts") == 0
+
+
+async def test_extras_are_tracked_up_to_the_bound(db: asyncpg.Connection, engine: Any) -> None:
+    stats = Stats(Outbox([]), Params(), max_metrics=6)
+    w = BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
+    now = time.time()
+    extra = json.dumps({f"f{i:02d}": i for i in range(10)} | {"flag": True})
+    rec = TelemetryRecord(DEVICE, T0, 20.0, 50.0, 3.3, 1000, extra, now)
+    await write(w, [rec, rec._replace(ts=T0 + timedelta(seconds=1))])
+    await w.close()
+    metrics = await db.fetchval("SELECT metrics FROM telemetry_stats WHERE device_id = $1", DEVICE)
+    assert sorted(metrics) == ["f00", "f01", "humidity", "memory_free", "temperature", "voltage"]
+    assert (await figures(db, "f01"))["count"] == 2
+
+
+async def test_two_writers_on_the_same_device_count_exactly(db: asyncpg.Connection, engine: Any) -> None:
+    one, two = writer(engine), writer(engine)
+    records = series(stable(600))
+    for d in ("S2", "S3"):
+        records += series(stable(600, seed=5), device=d)
+    random.Random(7).shuffle(records)
+    # Both know the devices first (a device's first message locks its new devices row, which would
+    # serialize the writers), but the devices have no stats yet (as after the upgrade that added
+    # them): both writers create the same stats rows at once, one finds the other's.
+    now = time.time()
+    for i, w in enumerate((one, two)):
+        await write(w, [TelemetryRecord(d, T0 - timedelta(seconds=1 + i), None, None, 3.3, None, None, now)
+                        for d in ("S1", "S2", "S3")])  # fmt: skip
+    await db.execute("DELETE FROM telemetry_stats")
+    # Each writer gets its own half of each round, the rounds commit concurrently. In the first both
+    # create the stats rows (one finds the other's and writes its batch again); in the later ones
+    # each also gets a slice of the other's half (a redelivery to the other replica).
+    rounds = 6
+    size = len(records) // rounds
+    for k in range(rounds):
+        part = records[k * size : (k + 1) * size]
+        mine, theirs = part[::2], part[1::2]
+        extra = 20 if k else 0
+        await asyncio.gather(
+            write(one, mine + theirs[:extra], per_batch=10_000), write(two, theirs + mine[:extra], per_batch=10_000)
+        )
+    await one.close()
+    await two.close()
+    temperature = [await figures(db, "temperature", d) for d in ("S1", "S2", "S3")]
+    assert [f["count"] for f in temperature] == [600, 600, 600]
+    assert all(f["samples"] <= 600 for f in temperature)
+    assert await db.fetchval("SELECT array_agg(DISTINCT m) FROM telemetry_stats, unnest(metrics) m") == ["temperature"]
+    assert await db.fetchval("SELECT count(*) FROM telemetry WHERE temperature IS NOT NULL") == 1800
+
+
+async def test_api_stats_over_mqtt(
+    service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str
+) -> None:
+    values = stable(60)
+    values[57] = 45.0  # two normal samples after it: still open
+    messages = [
+        (f"{ns}/D1/telemetry", {"temperature": v, "voltage": 3.3,
+                                "timestamp": (T0 + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S.000Z")})
+        for i, v in enumerate(values)
+    ]  # fmt: skip
+    async with service(stats_enabled=True) as svc:
+        publisher.publish_many(messages)
+        await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == len(messages))
+        c = svc.client
+        stats = (await c.get("/devices/D1/stats")).json()
+        by_metric = {m["metric"]: m for m in stats}
+        assert set(by_metric) == {"temperature", "voltage"}
+        t = by_metric["temperature"]
+        assert t["count"] == 60 and t["max"] == 45.0 and t["last_value"] == values[-1]
+        assert t["anomalous"] is True and abs(t["average"] - 20.0) < 0.5
+        detail = (await c.get("/devices/D1")).json()
+        assert {m["metric"] for m in detail["stats"]} == {"temperature", "voltage"}
+        assert [a["kind"] for a in detail["open_alerts"]] == ["anomaly"]
+        assert (await c.get("/devices/nope/stats")).status_code == 404
