@@ -33,6 +33,7 @@ from tests.support.publisher import Publisher
 TABLES = (
     "devices",
     "connectivity_events",
+    "connectivity_history",
     "telemetry",
     "relays",
     "relay_state_history",
