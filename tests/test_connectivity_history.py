@@ -162,3 +162,24 @@ async def test_a_late_offline_turns_a_later_revival_into_no_change(db: asyncpg.C
         assert await events(db, "LATE") == [(at(0), True, "status"), (at(10), False, "status")]
     finally:
         await w.close()
+
+
+async def test_a_will_stamped_at_connect_time_is_no_offline_before_the_online(
+    db: asyncpg.Connection, engine: Any
+) -> None:
+    # Firmware sets its will at connect with the connect time; the online it sends next is later.
+    # Both in one batch, and each in its own: the will is one event, at the time it was received.
+    w = writer(engine)
+    try:
+        def stamped_will(device: str) -> Pending:
+            rec = StatusRecord(device, at(0), False, None, None, None, True, False, R0 + 30)
+            return _pending(f"x/{device}/status", rec, 30, False)
+
+        await commit(w, stamped("W1", True, 1), stamped_will("W1"))
+        await commit(w, stamped("W2", True, 1))
+        await commit(w, stamped_will("W2"))
+        for device in ("W1", "W2"):
+            assert await events(db, device) == [(at(1), True, "status"), (at(30), False, "will")], device
+            assert await device_state(db, device) == (False, "will")
+    finally:
+        await w.close()

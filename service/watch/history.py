@@ -33,14 +33,19 @@ HistoryRow = tuple[str, datetime, float, bool, str, datetime | None]
 # at connect time (the will itself is its own row, at its receive time) or a replay of something
 # from before all we know, and as the device's first state it would invent an offline before the
 # online that followed it. Any later offline has a place (the state before it is known).
+# (The batch's own rows count as history here: a statement does not see the rows it inserts.)
 INSERT_HISTORY = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bool[], $5::text[], $6::timestamptz[])
+        AS u(d, a, r, o, c, s)
+)
 INSERT INTO connectivity_history (device_id, at, received_at, is_online, cause, stamp)
-SELECT d, a, to_timestamp(r), o, c, s
-FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bool[], $5::text[], $6::timestamptz[])
-     AS u(d, a, r, o, c, s)
+SELECT d, a, to_timestamp(r), o, c, s FROM u
 WHERE o OR s IS NULL
-   OR NOT EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at > u.a)
+   OR NOT (EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at > u.a)
+           OR EXISTS (SELECT 1 FROM u AS v WHERE v.d = u.d AND v.a > u.a))
    OR EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at < u.a)
+   OR EXISTS (SELECT 1 FROM u AS v WHERE v.d = u.d AND v.a < u.a)
 ON CONFLICT DO NOTHING
 """
 
