@@ -33,19 +33,16 @@ HistoryRow = tuple[str, datetime, float, bool, str, datetime | None]
 # at connect time (the will itself is its own row, at its receive time) or a replay of something
 # from before all we know, and as the device's first state it would invent an offline before the
 # online that followed it. Any later offline has a place (the state before it is known).
-# (The batch's own rows count as history here: a statement does not see the rows it inserts.)
+# (`earlier`, `later`: the batch has a row of the device before or after this one; a statement
+# does not see the rows it inserts itself.)
 INSERT_HISTORY = """
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bool[], $5::text[], $6::timestamptz[])
-        AS u(d, a, r, o, c, s)
-)
 INSERT INTO connectivity_history (device_id, at, received_at, is_online, cause, stamp)
-SELECT d, a, to_timestamp(r), o, c, s FROM u
-WHERE o OR s IS NULL
-   OR NOT (EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at > u.a)
-           OR EXISTS (SELECT 1 FROM u AS v WHERE v.d = u.d AND v.a > u.a))
+SELECT d, a, to_timestamp(r), o, c, s
+FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bool[], $5::text[], $6::timestamptz[],
+            $7::bool[], $8::bool[]) AS u(d, a, r, o, c, s, earlier, later)
+WHERE o OR s IS NULL OR earlier
    OR EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at < u.a)
-   OR EXISTS (SELECT 1 FROM u AS v WHERE v.d = u.d AND v.a < u.a)
+   OR NOT (later OR EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at > u.a))
 ON CONFLICT DO NOTHING
 """
 
@@ -107,10 +104,15 @@ async def record(conn: asyncpg.Connection, rows: Sequence[HistoryRow]) -> None:
     """
     if not rows:
         return
-    await conn.execute(INSERT_HISTORY, *[list(c) for c in zip(*rows, strict=True)])
     lo: dict[str, datetime] = {}
+    hi: dict[str, datetime] = {}
     for device, at, *_ in rows:
         if device not in lo or at < lo[device]:
             lo[device] = at
+        if device not in hi or at > hi[device]:
+            hi[device] = at
+    earlier = [at > lo[device] for device, at, *_ in rows]
+    later = [at < hi[device] for device, at, *_ in rows]
+    await conn.execute(INSERT_HISTORY, *[list(c) for c in zip(*rows, strict=True)], earlier, later)
     devices = sorted(lo)
     await conn.fetchrow(RECOMPUTE, devices, [lo[d] for d in devices])
