@@ -81,10 +81,15 @@ WITH b AS (
     SELECT DISTINCT ON (device_id, at) device_id, at, online, cause
     FROM t WHERE at >= lo AND online IS DISTINCT FROM before
     ORDER BY device_id, at, received_at DESC, cause DESC
+), stale AS (
+    -- The events from lo on that the history no longer has. One index range per device (OFFSET 0
+    -- keeps the planner from turning it into a scan of the whole table), deleted by their ctid.
+    SELECT x.ctid AS tid FROM b CROSS JOIN LATERAL (
+        SELECT ev.ctid, ev.ts FROM connectivity_events ev WHERE ev.device_id = b.device_id AND ev.ts >= b.lo
+        OFFSET 0) x
+    WHERE NOT EXISTS (SELECT 1 FROM want w WHERE w.device_id = b.device_id AND w.at = x.ts)
 ), gone AS (
-    DELETE FROM connectivity_events ev USING b
-    WHERE ev.device_id = b.device_id AND ev.ts >= b.lo
-      AND NOT EXISTS (SELECT 1 FROM want w WHERE w.device_id = ev.device_id AND w.at = ev.ts)
+    DELETE FROM connectivity_events WHERE ctid = ANY (ARRAY(SELECT tid FROM stale))
     RETURNING 1
 ), put AS (
     INSERT INTO connectivity_events AS ev (device_id, ts, is_online, cause)
