@@ -69,7 +69,7 @@ async def run(url: str, n: int, repeat: int) -> None:
     now = time.time()
 
     async def fleet(silent: int) -> None:
-        await conn.execute("TRUNCATE devices, connectivity_events, alerts, notifications")
+        await conn.execute("TRUNCATE devices, connectivity_events, connectivity_history, alerts, notifications")
         # Recent devices spoke within the last minute; silent ones an hour ago.
         await conn.execute(
             "INSERT INTO devices (device_id, first_seen, last_seen, is_online, status_ts, state_changed_at, "

@@ -35,6 +35,7 @@ from tests.support.receiver import Receiver
 TABLES = (
     "devices",
     "connectivity_events",
+    "connectivity_history",
     "telemetry",
     "relays",
     "relay_state_history",

@@ -80,6 +80,36 @@ class ConnectivityEvent(Base):
     cause: Mapped[str] = mapped_column(Key, server_default="status")
 
 
+class ConnectivityHistory(Base):
+    """Every status, and every change the watch made on our clock: the events are its transitions.
+
+    Ordered by `at` (the device's clock for a stamped status, ours otherwise), then `received_at`
+    (service/watch/history.py). `stamp` is the device's timestamp when it sent one: a redelivered or
+    retained copy of a stored status has the same and is not stored twice.
+    """
+
+    __tablename__ = "connectivity_history"
+
+    device_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    at: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    # status, retained, will (decisive: each sets the state), timeout, message (relative to it)
+    cause: Mapped[str] = mapped_column(Key, primary_key=True)
+    is_online: Mapped[bool] = mapped_column(Boolean)
+    stamp: Mapped[datetime | None] = mapped_column(TS)
+
+    __table_args__ = (
+        Index(
+            "ix_connectivity_history_stamp",
+            "device_id",
+            "stamp",
+            "is_online",
+            unique=True,
+            postgresql_where=sql_text("stamp IS NOT NULL"),
+        ),
+    )
+
+
 class TelemetryRow(Base):
     __tablename__ = "telemetry"
 

@@ -21,7 +21,9 @@ The ordering rule (docs/fleet-watch.md, "Liveness"):
 
 Every decision is made against the stored row, locked (rows in device_id order, so writers of the
 same devices never deadlock): a redelivery, an out-of-order message or another replica never
-produces a change that did not happen.
+produces a change that did not happen. That is the device's current state (and its alerts and
+notifications). The connectivity events are the transitions of the ordered status history
+(service/watch/history.py), so a status committed after a newer one still has its place in them.
 """
 
 from __future__ import annotations
@@ -39,21 +41,30 @@ from service import metrics
 from service.notify.outbox import Event, Outbox, emit_events
 from service.records import RelayRecord, StatusRecord
 from service.watch.alerts import OFFLINE, UNKNOWN_DEVICE, AlertSpec, open_alerts, resolve_alerts
+from service.watch.history import HistoryRow
+from service.watch.history import record as record_history
 
 _from_epoch = datetime.fromtimestamp
 _US = 1e-6
 
-LOCK_DEVICES = """
-SELECT device_id, is_online, status_ts, extract(epoch FROM last_seen)::float8 AS last_seen,
-       extract(epoch FROM state_changed_at)::float8 AS changed, connectivity_cause AS cause
-FROM devices WHERE device_id = ANY($1::text[]) ORDER BY device_id FOR UPDATE
+# Every device row a status batch writes is locked by one statement, in device_id order, whether it
+# exists (the upsert locks the row; WHERE false writes nothing) or not (the insert holds its key):
+# two replicas writing overlapping devices then always wait in the same order. (Locking the stored
+# rows first and inserting the missing ones after was a deadlock: another replica could create a
+# missing row and lock it in between, then wait for one of ours.) RETURNING names the created ones.
+LOCK_OR_CREATE = """
+INSERT INTO devices AS d (device_id, first_seen, last_seen, known)
+SELECT u.d, to_timestamp(u.s), to_timestamp(u.s), $3 FROM unnest($1::text[], $2::float8[]) AS u(d, s)
+ORDER BY u.d
+ON CONFLICT (device_id) DO UPDATE SET known = d.known WHERE false
+RETURNING device_id
 """
 
-INSERT_NEW = """
-INSERT INTO devices (device_id, first_seen, last_seen, known)
-SELECT d, to_timestamp(s), to_timestamp(s), $3 FROM unnest($1::text[], $2::float8[]) AS u(d, s)
-ON CONFLICT (device_id) DO NOTHING
-RETURNING device_id
+# Read after the lock above (a statement of its own: it sees what the replica we waited for committed).
+LOCKED_DEVICES = """
+SELECT device_id, is_online, status_ts, extract(epoch FROM last_seen)::float8 AS last_seen,
+       extract(epoch FROM state_changed_at)::float8 AS changed, connectivity_cause AS cause
+FROM devices WHERE device_id = ANY($1::text[])
 """
 
 # last_seen for devices without a status in the batch; an offline device heard from after its
@@ -93,12 +104,6 @@ FROM unnest($1::text[], $2::bool[], $3::timestamptz[], $4::text[], $5::text[], $
 WHERE d.device_id = u.device_id
 """
 
-INSERT_CONNECTIVITY = """
-INSERT INTO connectivity_events (device_id, ts, is_online, cause)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::text[])
-ON CONFLICT DO NOTHING
-"""
-
 LOCK_RELAYS = """
 SELECT r.device_id, r.relay_index, r.state, r.ts FROM relays r
 JOIN unnest($1::text[], $2::int4[]) AS u(d, i) ON r.device_id = u.d AND r.relay_index = u.i
@@ -127,15 +132,25 @@ Change = tuple[str, datetime, bool, str]  # device, at, online, cause
 
 
 def walk(
-    device: str, recs: Sequence[StatusRecord], state: _State, other_seen: float | None
+    device: str,
+    recs: Sequence[StatusRecord],
+    state: _State,
+    other_seen: float | None,
+    history: list[HistoryRow] | None = None,
 ) -> tuple[_State, dict[str, Any], list[Change]]:
     """Apply one device's statuses (in receive order) to its stored state, by the ordering rule.
 
     `other_seen`: when the newest non-status message of the device in this batch was received
-    (None if none came after its statuses). Returns the new state, the fields to set, the changes.
+    (None if none came after its statuses). Returns the new state, the fields to set and the
+    changes; appends to `history` the rows of the connectivity history (service/watch/history.py):
+    every live stamped status at its own time, whether or not it is news now (committed after a
+    newer one, it still has its place in the history), and what applied on our clock (a will, an
+    unstamped or retained status, a revival).
     """
     fields: dict[str, Any] = {}
     changes: list[Change] = []
+    if history is None:
+        history = []
     online, status_ts, changed, why = state.is_online, state.status_ts, state.changed, state.cause
     # The newest receive time after each status (other messages, later live statuses).
     after: list[float] = []
@@ -171,6 +186,16 @@ def walk(
             cause = "will"
         elif (received_last or online_not_outranked) and not r.stamped:
             cause = "status"
+        if cause == "will":
+            # The will happened when it was received (its timestamp, if any, is the connect time).
+            history.append((device, _from_epoch(r.received_at, UTC), r.received_at, False, "will", None))
+        if r.stamped and not r.retained:
+            # At its own time too: the same bytes may be a status delivered late (another replica's
+            # share); the history decides whether it has a place there (history.INSERT_HISTORY).
+            history.append((device, r.ts, r.received_at, r.is_online, "status", r.ts))
+        elif cause is not None and cause != "will":
+            at = r.ts if r.stamped else _from_epoch(r.received_at, UTC)
+            history.append((device, at, r.received_at, r.is_online, cause, r.ts if r.stamped else None))
         if cause is None:
             continue  # stale: older than what we know
         if newer_on_device_clock:
@@ -188,6 +213,7 @@ def walk(
     if online is False and why in REVIVABLE and other_seen is not None and other_seen > (changed or 0.0) + _US:
         # Heard from after it went offline: back online.
         changes.append((device, _from_epoch(other_seen, UTC), True, "message"))
+        history.append((device, _from_epoch(other_seen, UTC), other_seen, True, "message", None))
         online, changed, why = True, other_seen, "message"
     seen = max(state.last_seen, heard) if heard is not None else state.last_seen
     return _State(online, status_ts, seen, changed, why), fields, changes
@@ -227,34 +253,32 @@ class Watch:
         created: list[str] = []
         stored: dict[str, _State] = {}
         if statuses:
-            ids = sorted({s.device_id for s in statuses})
-            # Every device row this transaction writes is locked here, in one order: the stored rows
-            # first, then the new ones (an uncommitted INSERT holds its key like a row lock), each
-            # phase sorted, so two replicas writing the same devices never wait on each other in a
-            # cycle. The touch below then writes only rows held already.
-            lock = sorted({*ids, *(d for d, _ in touch)})
-            rows = await conn.fetch(LOCK_DEVICES, lock)
-            stored = {r["device_id"]: _state(r) for r in rows}
-            missing = [d for d in lock if d not in stored]
-            if missing:
-                first = dict(touch)
-                for st in statuses:
-                    if st.device_id not in first or st.received_at < first[st.device_id]:
-                        first[st.device_id] = st.received_at
-                new = await conn.fetch(INSERT_NEW, missing, [first[d] for d in missing], not self.review)
-                created.extend(r["device_id"] for r in new)
-                for r in await conn.fetch(LOCK_DEVICES, missing):
-                    stored[r["device_id"]] = _state(r)
+            # Every device row this transaction writes is locked here, by one statement in one order
+            # (LOCK_OR_CREATE), so two replicas writing the same devices never wait on each other in
+            # a cycle. The touch below then writes only rows held already.
+            first = dict(touch)
+            for st in statuses:
+                if st.device_id not in first or st.received_at < first[st.device_id]:
+                    first[st.device_id] = st.received_at
+            lock = sorted(first)
+            new = await conn.fetch(LOCK_OR_CREATE, lock, [first[d] for d in lock], not self.review)
+            created.extend(r["device_id"] for r in new)
+            stored = {r["device_id"]: _state(r) for r in await conn.fetch(LOCKED_DEVICES, lock)}
         changes: list[Change] = []
+        history: list[HistoryRow] = []
         if touch:
             back = await conn.fetch(TOUCH, [d for d, _ in touch], [s for _, s in touch], not self.review)
             for r in back:
                 if r["created"]:
                     created.append(r["device_id"])
                 elif r["revived"]:
-                    changes.append((r["device_id"], _from_epoch(r["seen"], UTC), True, "message"))
+                    at = _from_epoch(r["seen"], UTC)
+                    changes.append((r["device_id"], at, True, "message"))
+                    history.append((r["device_id"], at, r["seen"], True, "message", None))
         if statuses:
-            changes.extend(await self._statuses(conn, statuses, seen, stored))
+            await self._statuses(conn, statuses, seen, stored, changes, history)
+        # The events follow the ordered history, not the order in which replicas committed.
+        await record_history(conn, history)
         await self._record(conn, changes, created)
 
     async def _statuses(
@@ -263,26 +287,25 @@ class Watch:
         statuses: Sequence[StatusRecord],
         seen: dict[str, float],
         stored: dict[str, _State],
-    ) -> list[Change]:
+        changes: list[Change],
+        history: list[HistoryRow],
+    ) -> None:
         per_device: dict[str, list[StatusRecord]] = defaultdict(list)
         for s in sorted(statuses, key=lambda s: (s.device_id, s.received_at)):
             per_device[s.device_id].append(s)
         rows: list[tuple[Any, ...]] = []
-        changes: list[Change] = []
         for device, recs in per_device.items():
             newest_status = max(r.received_at for r in recs)
             other = seen.get(device)
             other_seen = other if other is not None and other > newest_status else None
-            state, fields, device_changes = walk(device, recs, stored[device], other_seen)
+            state, fields, device_changes = walk(device, recs, stored[device], other_seen, history)
             changes.extend(device_changes)
             rows.append((device, state.is_online, state.status_ts, fields.get("ip"), fields.get("fw"),
                          fields.get("uptime"), state.last_seen, state.changed, state.cause))  # fmt: skip
         await conn.execute(UPDATE_STATUS, *[list(c) for c in zip(*rows, strict=True)])
-        return changes
 
     async def _record(self, conn: asyncpg.Connection, changes: list[Change], created: list[str]) -> None:
         if changes:
-            await conn.execute(INSERT_CONNECTIVITY, *[list(c) for c in zip(*changes, strict=True)])
             for _device, _at, online, cause in changes:
                 metrics.CONNECTIVITY_CHANGES.labels(cause, "true" if online else "false").inc()
             # The net change per device decides its alert (offline, then back: resolved).

@@ -23,6 +23,7 @@ from service import metrics
 from service.mqtt.transport import ConnectionState
 from service.notify.outbox import Outbox
 from service.tasks import cancel_and_wait
+from service.watch import history
 from service.watch.alerts import open_alerts
 from service.watch.liveness import offline_alert
 
@@ -40,12 +41,16 @@ WITH gone AS (
       AND d.is_online IS NOT FALSE AND d.last_seen < to_timestamp($1)
     RETURNING d.device_id, d.last_seen
 ), ev AS (
-    INSERT INTO connectivity_events (device_id, ts, is_online, cause)
-    SELECT device_id, to_timestamp($3), false, 'timeout' FROM gone
+    -- The history the events are derived from (service/watch/history.py; recomputed below).
+    INSERT INTO connectivity_history (device_id, at, received_at, is_online, cause)
+    SELECT device_id, to_timestamp($3), to_timestamp($3), false, 'timeout' FROM gone
     ON CONFLICT DO NOTHING
 )
 SELECT device_id, last_seen FROM gone
 """
+
+# The timed-out devices' events from their history (the rows are locked by the sweep).
+RECOMPUTE = history.RECOMPUTE
 
 
 @contextlib.asynccontextmanager
@@ -121,6 +126,9 @@ class Sweeper:
                 async with conn.transaction():
                     rows = await conn.fetch(SWEEP, now - self.offline_after, _PAGE, now)
                     at = datetime.fromtimestamp(now, UTC)
+                    if rows:
+                        ids = sorted(r["device_id"] for r in rows)
+                        await conn.fetchrow(RECOMPUTE, ids, [at] * len(ids))
                     await open_alerts(conn, self._outbox, [offline_alert(r["device_id"], "timeout", at) for r in rows])
                 metrics.SWEEP_SECONDS.observe(time.perf_counter() - started)
                 if rows:
