@@ -77,11 +77,6 @@ RETURNING n.channel, n.status, n.firing_id
 """
 
 
-# At most one page per this many seconds while only woken, not while pages come full: a page costs
-# a checkout and three statements whatever its size. An alert after a quiet spell goes at once.
-COALESCE = 0.025
-
-
 class Sender:
     def __init__(
         self,
@@ -131,14 +126,7 @@ class Sender:
                 await channel.close()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last, full = -COALESCE, False
         while True:
-            # Woken again right after a page (under load every commit with firings wakes us): wait
-            # out the rest of COALESCE first, so the rows of several commits share one page.
-            if not full and (rest := last + COALESCE - loop.time()) > 0:
-                await asyncio.sleep(rest)
-            last = loop.time()
             try:
                 handled = await self.deliver_once()
             except asyncio.CancelledError:
@@ -148,8 +136,7 @@ class Sender:
                 log.warning("notification sender: %s: %s; trying again in %.1fs", exc.__class__.__name__, exc,
                             self.poll)  # fmt: skip
                 handled = 0
-            full = handled >= self.page
-            if full:
+            if handled >= self.page:
                 continue  # more may be due
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
