@@ -1,6 +1,6 @@
-"""Pipelined delivery: a page goes out in waves of distinct targets (a target's next row only after its
-last one was delivered, never after it failed), and MQTT waves are one write whose PUBACKs are awaited
-together, across the broker's Receive Maximum, with a refused message failing alone."""
+"""The sender's pages: waves of distinct targets (a target's next row only after its last one was
+delivered, never after it failed); a row past its age is never claimed, and expired once per poll;
+MQTT waves are one write whose PUBACKs are awaited together, across the broker's Receive Maximum."""
 
 from __future__ import annotations
 
@@ -79,6 +79,36 @@ async def test_waves_keep_the_order_per_target_and_a_failure_stops_the_rest(
     assert [(r["target"], r["status"]) for r in rows] == [(t1, "pending"), (t2, "sent"), (t1, "pending"),
                                                           (t3, "pending")]  # fmt: skip
     assert {r["last_error"] for r in rows if r["status"] == "pending"} == {"refused"}
+
+
+async def test_a_row_past_its_age_is_never_claimed_and_expired_once_per_poll(
+    db: asyncpg.Connection, engine: Any
+) -> None:
+    outbox = Outbox([(MQTT, "w/alerts")])
+    channel = Recording(set())
+    s = Sender(engine, {MQTT: channel}, page=50, poll=3600, max_age=600, first_delay=30, max_delay=60,
+               send_timeout=5.0)  # fmt: skip
+    try:
+        assert await s.deliver_once() == 0  # the first page expires (nothing yet); the next not for an hour
+        async with db.transaction():
+            await open_alert(db, outbox, "D1", "anomaly", "a", "warning", "hot")
+            await open_alert(db, outbox, "D2", "anomaly", "a", "warning", "hot")
+        await db.execute("UPDATE notifications SET created_at = now() - interval '700 seconds' "
+                         "WHERE target = 'w/alerts/D1/anomaly'")  # fmt: skip
+        assert await s.deliver_once() == 1  # D2 only: D1 is too old to send, and not expired yet
+        assert channel.waves == [["w/alerts/D2/anomaly"]]
+        assert await db.fetchval("SELECT status FROM notifications WHERE target = 'w/alerts/D1/anomaly'") == "pending"
+    finally:
+        await s.stop()
+    again = Sender(engine, {MQTT: channel}, page=50, poll=3600, max_age=600, first_delay=30, max_delay=60,
+                   send_timeout=5.0)  # fmt: skip
+    try:
+        assert await again.deliver_once() == 0  # a new sender's first page expires it
+    finally:
+        await again.stop()
+    row = await db.fetchrow("SELECT status, last_error FROM notifications WHERE target = 'w/alerts/D1/anomaly'")
+    assert row is not None and row["status"] == "failed" and "gave up" in row["last_error"]
+    assert channel.waves == [["w/alerts/D2/anomaly"]]
 
 
 class Subscriber:
