@@ -130,7 +130,7 @@ class Runtime:
         )
         channels: dict[str, Channel] = {}
         if transport is not None:
-            channels[MQTT] = MqttChannel(transport.publish, timeout=settings.mqtt_connect_timeout)
+            channels[MQTT] = MqttChannel(transport.publish_many, timeout=settings.mqtt_connect_timeout)
         if settings.webhook_urls or settings.rules_file:  # rules' webhook actions go through it too
             channels[WEBHOOK] = WebhookChannel(settings.alert_webhook_secret, settings.alert_webhook_timeout_seconds)
         sender = Sender(

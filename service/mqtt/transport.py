@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import struct
 import time
@@ -32,7 +33,7 @@ from gmqtt import Client, Message, Subscription
 from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
-from gmqtt.mqtt.package import Package
+from gmqtt.mqtt.package import Package, PublishPacket
 from gmqtt.mqtt.protocol import MQTTProtocol
 
 from service import metrics
@@ -45,6 +46,7 @@ from service.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 Sink = Callable[[InboundMessage], None]
+Outgoing = tuple[str, bytes, int, bool]  # topic, payload, QoS, retain
 
 _PUBACK = 0x40
 # MQTT 5 DISCONNECT reason "Session taken over": another client connected with our client id.
@@ -408,21 +410,86 @@ class MqttTransport:
         broker refuses it, and TimeoutError without an answer in `timeout` seconds. Nothing is
         resent on a new connection: the caller (the notification outbox) retries.
         """
-        if qos not in (0, 1):
+        (error,) = await self.publish_many([(topic, payload, qos, retain)], timeout=timeout)
+        if error is not None:
+            raise error
+
+    async def publish_many(self, messages: Sequence[Outgoing], *, timeout: float = 10.0) -> list[BaseException | None]:
+        """Publish (topic, payload, qos, retain) messages, pipelined: as many as the broker's Receive
+        Maximum lets us have unacknowledged go out in one write, then their PUBACKs are awaited
+        together. Per message None once acknowledged (QoS 1) or written (QoS 0), else why not, as
+        `publish` raises it; `timeout` bounds the whole call. Written in the order given, so the
+        broker takes them in that order; what it does with one does not depend on another's fate.
+        """
+        if any(m[2] not in (0, 1) for m in messages):
             raise ValueError("QoS 0 or 1")
-        client, link = self._client, self._link
-        if client is None or link is None or not link.open or not self.state.connected:
-            raise PublishError("not connected to the broker")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        results: list[BaseException | None] = [None] * len(messages)
+        pos = 0
+        while pos < len(messages):
+            client, link = self._client, self._link
+            if client is None or link is None or not link.open or not self.state.connected:
+                error: BaseException = PublishError("not connected to the broker")
+            elif (room := _free_ids(client)) < 1:
+                error = PublishError("the broker's Receive Maximum of unacknowledged publishes is reached")
+            else:
+                chunk = messages[pos : pos + room]
+                answered = await self._publish_chunk(client, chunk, results, pos, deadline - loop.time())
+                pos += len(chunk)
+                if answered:
+                    continue
+                error = TimeoutError()  # the broker does not answer: the rest would wait for nothing
+            for i in range(pos, len(messages)):
+                if results[i] is None:
+                    results[i] = error
+            break
+        return results
+
+    async def _publish_chunk(self, client: _Client, chunk: Sequence[Outgoing], results: list[BaseException | None],
+                             first: int, timeout: float) -> bool:  # fmt: skip
+        """Write `chunk` at once and wait for its PUBACKs; its outcomes into `results` from `first` on.
+        False if some PUBACK did not come in `timeout`."""
         handler = client._package_handler
-        mid, _package = client._connection.publish(Message(topic, payload, qos=qos, retain=retain))
-        if qos == 0:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        handler.pubacks[mid] = waiter
+        protocol = client._connection._protocol
+        loop = asyncio.get_running_loop()
+        waiters: dict[int, asyncio.Future[None]] = {}  # index in `results` -> its PUBACK
+        mids: list[int] = []
+        packets: list[bytes] = []
+        for i, (topic, payload, qos, retain) in enumerate(chunk, first):
+            mid, packet = PublishPacket.build_package(Message(topic, payload, qos=qos, retain=retain), protocol)
+            packets.append(packet)
+            if qos:
+                waiter: asyncio.Future[None] = loop.create_future()
+                handler.pubacks[mid] = waiter
+                waiters[i] = waiter
+                mids.append(mid)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            client._connection.send_package(b"".join(packets))
+            if len(waiters) > 1:
+                _quick_ack(client)
+            if not waiters:
+                return True
+            if len(waiters) == 1:  # wait_for: half the cost of wait() for one future
+                ((i, waiter),) = waiters.items()
+                try:
+                    await asyncio.wait_for(waiter, max(timeout, 0.0))
+                except TimeoutError:
+                    results[i] = TimeoutError()
+                    return False
+                except PublishError as refused:
+                    results[i] = refused
+                return True
+            _done, late = await asyncio.wait(waiters.values(), timeout=max(timeout, 0.0))
+            for i, waiter in waiters.items():
+                if waiter in late:
+                    results[i] = TimeoutError()
+                elif (error := waiter.exception()) is not None:
+                    results[i] = error
+            return not late
         finally:
-            handler.pubacks.pop(mid, None)
+            for mid in mids:
+                handler.pubacks.pop(mid, None)
 
     # -- connection loop -------------------------------------------------------------------
 
@@ -643,6 +710,31 @@ class MqttTransport:
 
 def _drop(_message: InboundMessage) -> None:
     pass
+
+
+def _free_ids(client: _Client) -> int:
+    """Publishes we may still have unacknowledged: the broker's Receive Maximum (CONNACK) less those
+    in flight. gmqtt's allocator refuses the last id of its range, hence the 1."""
+    ids = client._package_handler.id_generator
+    return int(ids._max) - 1 - len(ids._used_ids)
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def _quick_ack(client: _Client) -> None:
+    """Acknowledge the broker's next segment at once rather than after the delayed-ACK timer.
+
+    A broker without TCP_NODELAY (Mosquitto's default) sends the first of several PUBACKs and holds
+    the rest (Nagle) until that one is acknowledged; a client that just wrote (as the sender does,
+    page after page) delays its ACK up to 40 ms: measured 43 ms per page of 10 publishes instead of
+    0.15 ms. Quick-ack mode is not sticky, so it is set after every pipelined write."""
+    if _TCP_QUICKACK is None:
+        return
+    sock = client._connection._transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
 def classify_loss(reason: int | None, connected_for: float, short_in_a_row: int) -> str | None:

@@ -1,8 +1,9 @@
-"""Delivery channels: each sends one notification body to one target, or raises DeliveryError."""
+"""Delivery channels: each takes notification bodies to their targets, and says per body whether it did."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 from uuid import UUID
 
 
@@ -10,8 +11,19 @@ class DeliveryError(Exception):
     """The target did not take the notification; the outbox retries it later."""
 
 
+class Delivery(NamedTuple):
+    target: str
+    event_id: UUID
+    body: str
+    # The row's MQTT options (a rule's publish); other channels ignore them.
+    qos: int = 1
+    retain: bool = False
+
+
 class Channel(Protocol):
-    # qos and retain are the row's MQTT options (a rule's publish); other channels ignore them.
-    async def send(self, target: str, event_id: UUID, body: str, *, qos: int = 1, retain: bool = False) -> None: ...
+    async def send_many(self, items: Sequence[Delivery]) -> list[str | None]:
+        """Deliver these, each to its own target (the sender never gives two for one target at once,
+        so nothing orders them among themselves); per item None once delivered, else why not."""
+        ...
 
     async def close(self) -> None: ...

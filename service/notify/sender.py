@@ -3,9 +3,14 @@
 * Claims a bounded page of due rows with FOR UPDATE SKIP LOCKED and leases them (next_attempt_at
   moves past the send), so replicas never send the same row at once and a process that dies
   mid-send leaves the row to be retried once the lease is over.
-* One target at a time in row order; a failed target postpones the rest of its page, other targets
-  go on. Retries back off exponentially (capped) and end NOTIFY_MAX_AGE_SECONDS after the row was
+* In row order per target: a page is sent in waves, each the next rows up to the first whose target
+  is already in the wave, so a target's next row goes only once its last one was delivered. A
+  channel takes a wave at once (MQTT: one pipelined write, the PUBACKs awaited together). A failure
+  postpones the rest of its channel's page (one group per broker, per webhook URL); other groups go
+  on. Retries back off exponentially (capped) and end NOTIFY_MAX_AGE_SECONDS after the row was
   written: then it is marked failed and counted.
+* Per page one pooled connection and three statements (claim, mark, settle); rows past their age
+  are never claimed, and are marked failed at most once per poll interval.
 * It reads pages from the table, never an in-memory queue: a dead webhook costs a row update per
   retry, not memory, and it runs on its own task and connection, off the ingestion path.
 """
@@ -24,7 +29,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import metrics
-from service.notify.channels import Channel, DeliveryError
+from service.notify.channels import Channel, Delivery
 from service.notify.outbox import MQTT
 from service.tasks import cancel_and_wait
 from service.watch.sweep import raw_connection
@@ -41,9 +46,11 @@ RETURNING channel, firing_id
 # Rows claimed by a sender that stopped before it finished with them: due again at once.
 RELEASE = "UPDATE notifications SET next_attempt_at = now() WHERE id = ANY($1::bigint[]) AND status = 'pending'"
 
+# One statement, so its own transaction. Rows past NOTIFY_MAX_AGE_SECONDS are left to EXPIRE.
 CLAIM = """
 UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $2), attempts = n.attempts + 1
 WHERE n.id IN (SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= now()
+                 AND created_at >= now() - make_interval(secs => $3)
                ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING n.id, n.event_id, n.channel, n.target, n.body, n.attempts, n.qos, n.retain, n.firing_id
 """
@@ -94,6 +101,7 @@ class Sender:
         self.lease = send_timeout * 2 + 5
         self._wake = asyncio.Event()
         self._claimed: set[int] = set()  # ids claimed and not yet marked sent or failed
+        self._expire_due = 0.0  # loop time of the next EXPIRE
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -141,26 +149,29 @@ class Sender:
     async def deliver_once(self) -> int:
         """Deliver one page of due rows; returns how many rows were claimed."""
         async with raw_connection(self._engine) as conn:
-            expired = await conn.fetch(EXPIRE, self.max_age)
-            for r in expired:
-                metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
-            await _settle(conn, [r["firing_id"] for r in expired])
-            async with conn.transaction():
-                rows = await conn.fetch(CLAIM, self.page, self.lease)
-        if not rows:
-            return 0
-        self._claimed = {r["id"] for r in rows}
-        groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
-        for r in sorted(rows, key=lambda r: r["id"]):
-            # Every MQTT row goes to the one broker: one group. Each webhook URL is its own.
-            groups[(r["channel"], "" if r["channel"] == MQTT else r["target"])].append(r)
-        outcomes = await asyncio.gather(*(self._send_group(g) for g in groups.values()))
-        sent: list[int] = []
-        failed: list[tuple[int, str, float]] = []
-        for ok, bad in outcomes:
-            sent.extend(ok)
-            failed.extend(bad)
-        async with raw_connection(self._engine) as conn:
+            now = asyncio.get_running_loop().time()
+            if now >= self._expire_due:
+                self._expire_due = now + self.poll
+                expired = await conn.fetch(EXPIRE, self.max_age)
+                for r in expired:
+                    metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
+                await _settle(conn, [r["firing_id"] for r in expired])
+            rows = await conn.fetch(CLAIM, self.page, self.lease, self.max_age)
+            if not rows:
+                return 0
+            # The connection is kept for the marks: the sends take a page's round trip to the broker
+            # (or a webhook's answer), and a second checkout would cost more than the rest.
+            self._claimed = {r["id"] for r in rows}
+            groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
+            for r in sorted(rows, key=lambda r: r["id"]):
+                # Every MQTT row goes to the one broker: one group. Each webhook URL is its own.
+                groups[(r["channel"], "" if r["channel"] == MQTT else r["target"])].append(r)
+            outcomes = await asyncio.gather(*(self._send_group(g) for g in groups.values()))
+            sent: list[int] = []
+            failed: list[tuple[int, str, float]] = []
+            for ok, bad in outcomes:
+                sent.extend(ok)
+                failed.extend(bad)
             if sent:
                 await conn.execute(MARK_SENT, sent)
             gave_up: list[int | None] = []
@@ -183,29 +194,36 @@ class Sender:
         return len(rows)
 
     async def _send_group(self, rows: list[Any]) -> tuple[list[int], list[tuple[int, str, float]]]:
+        """One channel's rows (one broker, or one URL) in waves; see the module's docstring."""
         sent: list[int] = []
         failed: list[tuple[int, str, float]] = []
-        down: str | None = None
-        for r in rows:
-            if down is not None:
-                failed.append((r["id"], down, self.backoff(r["attempts"])))
-                continue
-            channel = self._channels.get(r["channel"])
+        name = rows[0]["channel"]
+        channel = self._channels.get(name)
+        down = None if channel is not None else f"channel {name!r} is not configured in this process"
+        pos = 0
+        while pos < len(rows) and down is None and channel is not None:
+            wave: list[Any] = []
+            targets: set[str] = set()
+            while pos < len(rows) and rows[pos]["target"] not in targets:
+                targets.add(rows[pos]["target"])
+                wave.append(rows[pos])
+                pos += 1
+            items = [Delivery(r["target"], r["event_id"], r["body"], r["qos"], r["retain"]) for r in wave]
             try:
-                if channel is None:
-                    raise DeliveryError(f"channel {r['channel']!r} is not configured in this process")
-                await channel.send(r["target"], r["event_id"], r["body"], qos=r["qos"], retain=r["retain"])
-            except DeliveryError as exc:
-                down = str(exc)
-                failed.append((r["id"], down, self.backoff(r["attempts"])))
-                log.info("notification %d (%s) not delivered: %s", r["id"], r["channel"], down)
-                continue
+                errors = await channel.send_many(items)
             except Exception as exc:
-                down = f"{exc.__class__.__name__}: {exc}"
-                failed.append((r["id"], down, self.backoff(r["attempts"])))
-                log.exception("notification %d (%s): unexpected error", r["id"], r["channel"])
-                continue
-            sent.append(r["id"])
+                log.exception("notifications %s (%s): unexpected error", [r["id"] for r in wave], name)
+                errors = [f"{exc.__class__.__name__}: {exc}"] * len(wave)
+            for r, error in zip(wave, errors, strict=True):
+                if error is None:
+                    sent.append(r["id"])
+                    continue
+                failed.append((r["id"], error, self.backoff(r["attempts"])))
+                if down is None:
+                    down = error
+                    log.info("notification %d (%s) not delivered: %s", r["id"], name, error)
+        for r in rows[pos:]:
+            failed.append((r["id"], down or "not sent", self.backoff(r["attempts"])))
         return sent, failed
 
 

@@ -3,14 +3,16 @@ retry) and, with ALERT_WEBHOOK_SECRET, `X-Autocore-Signature: sha256=<hex HMAC-S
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from collections.abc import Sequence
 from uuid import UUID
 
 import httpx
 from pydantic import SecretStr
 
-from service.notify.channels import DeliveryError
+from service.notify.channels import Delivery, DeliveryError
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -33,7 +35,18 @@ class WebhookChannel:
             headers["X-Autocore-Signature"] = signature(self._secret, body)
         return headers
 
-    async def send(self, target: str, event_id: UUID, body: str, *, qos: int = 1, retain: bool = False) -> None:
+    async def send_many(self, items: Sequence[Delivery]) -> list[str | None]:
+        # Each its own URL (the sender's waves): no order among them, so at once.
+        return list(await asyncio.gather(*(self._reason(item) for item in items)))
+
+    async def _reason(self, item: Delivery) -> str | None:
+        try:
+            await self.send(item.target, item.event_id, item.body)
+        except DeliveryError as exc:
+            return str(exc)
+        return None
+
+    async def send(self, target: str, event_id: UUID, body: str) -> None:
         data = body.encode()
         try:
             response = await self._client.post(target, content=data, headers=self.headers(event_id, data))

@@ -1,7 +1,7 @@
 """Rule state per (rule, device, relay), derived in the writer's transaction against the stored state.
 
 `apply()` runs inside the batch's transaction (BatchWriter._execute), so a firing is committed with
-the messages that caused it or not at all. Three statements per batch with changes, none without:
+the messages that caused it or not at all. Two statements per batch with changes, none without:
 the state rows of the batch's keys are created if missing and locked, in key order (`INSERT … ON
 CONFLICT DO UPDATE` with a no-op update: a concurrent writer of the same key waits for our commit);
 each change is then applied in device-time order:
@@ -12,8 +12,8 @@ each change is then applied in device-time order:
 * with `for:`, a report at `since + for` or later of the same episode fires (once: `fired_at`);
 * true -> false ends the episode.
 
-The changed (rule, device) keys are then announced with `pg_notify` (delivered at commit) so that
-other replicas' caches learn of them (service/rules/peers.py).
+The changed (rule, device) keys are announced with `pg_notify` in the second (delivered at commit),
+so that other replicas' caches learn of them (service/rules/peers.py).
 
 A firing is a `rule_firings` row with its rendered actions, unique per (rule, device, relay, since).
 In the same statement, its publish and webhook actions become notification rows (the outbox of
@@ -47,12 +47,12 @@ ON CONFLICT (rule, device_id, relay) DO UPDATE SET value = s.value
 RETURNING s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_at
 """
 
-NOTIFY = "SELECT pg_notify($1 || ':' || current_schema(), $2)"
-
 # The new states, the firings and their actions' outbox rows, in one statement. Only firings that
 # were inserted get outbox rows (`f` is what the INSERT returned); an action's event id (the
 # webhook's Idempotency-Key) is derived from the firing's id and the action's index, and the unique
-# (event_id, channel, target) index keeps a row from being written twice.
+# (event_id, channel, target) index keeps a row from being written twice. The changed keys are
+# announced to the other replicas in it too (`p`: pg_notify, delivered at commit); `p` is what the
+# result is read from, so it runs, and there is one row even when nothing fired (rule NULL then).
 WRITE = f"""
 WITH updated AS (
     UPDATE rule_state s
@@ -86,8 +86,10 @@ WITH updated AS (
     FROM a ORDER BY a.id, a.idx
     ON CONFLICT (event_id, channel, target) DO NOTHING
     RETURNING 1
+), p AS (
+    SELECT count(pg_notify($28 || ':' || current_schema(), x)) AS announced FROM unnest($29::text[]) AS x
 )
-SELECT f.rule, f.device_id, f.relay, f.since, (SELECT count(*) FROM n) AS notified FROM f
+SELECT f.rule, f.device_id, f.relay, f.since, (SELECT count(*) FROM n) AS notified FROM p LEFT JOIN f ON true
 """
 
 Key = tuple[str, str, int]
@@ -210,14 +212,14 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
     per_firing = [f.outbox_rows() for f in firings]
     actions = [row for rows in per_firing for row in rows]
     fired = [f.row(rows) for f, rows in zip(firings, per_firing, strict=True)]
-    inserted = await conn.fetch(WRITE, *_columns(changed, 7), *_columns(fired, 9), *_columns(actions, 11))
+    # Announced at commit (and never if we roll back): other replicas' caches learn of it.
+    announce = peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed}))
+    result = await conn.fetch(WRITE, *_columns(changed, 7), *_columns(fired, 9), *_columns(actions, 11),
+                              peers.CHANNEL, announce)  # fmt: skip
+    inserted = [r for r in result if r["rule"] is not None]
     if outbox is None:
         outbox = Outbox()
-    if inserted:
-        outbox.written += int(inserted[0]["notified"])
-    # Delivered at commit (and never if we roll back): other replicas' caches learn of it.
-    for payload in peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed})):
-        await conn.execute(NOTIFY, peers.CHANNEL, payload)
+    outbox.written += int(result[0]["notified"])
     if changes:
         new = {(r["rule"], r["device_id"], r["relay"], r["since"]) for r in inserted}
         by_key = {(f.rule.name, f.device_id, f.relay, f.since): f for f in firings}
