@@ -12,10 +12,14 @@ Two statements per batch with telemetry, whatever the number of devices:
    devices lock them in the same order: no deadlock). It runs after every other statement of the
    batch, so a writer that holds stats rows waits for nothing but other stats rows (and the anomaly
    alerts, which only holders of the device's stats row touch).
-2. WRITE: the new rows of the devices read (UPDATE) and of new devices (INSERT, in device order). A
-   row another writer created since step 1 (both saw the device for the first time) is not
-   overwritten: the statement reports it and the batch is written again (StatsRaced), this time
-   finding the row to lock.
+2. WRITE: the new rows of the devices read (UPDATE; the names only when they grew, else NULL: kept)
+   and of new devices (INSERT, in device order). A row another writer created since step 1 (both
+   saw the device for the first time) is not overwritten: the statement reports it and the batch
+   is written again (StatsRaced), this time finding the row to lock.
+
+In between, the batch's states are one NumPy matrix (a row per metric, decoded from the bytea
+rows in one piece) and its samples are folded into it by service/stats/fold.py: arrays over all
+the batch's metrics at once rather than a Python call per sample.
 
 Then, only for a batch whose samples opened, continued or ended an anomaly, the alert statements of
 service/watch/alerts.py (with their outbox rows).
