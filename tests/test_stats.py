@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service.mqtt.message import InboundMessage
 from service.notify.outbox import WEBHOOK, Outbox
 from service.records import TelemetryRecord
-from service.stats.ewma import Params
+from service.stats.ewma import Params, fresh, observe
 from service.stats.read import decode
 from service.stats.store import Stats
 from service.storage.writer import BatchWriter, Pending
@@ -208,3 +210,53 @@ async def test_api_stats_over_mqtt(
         assert {m["metric"] for m in detail["stats"]} == {"temperature", "voltage"}
         assert [a["kind"] for a in detail["open_alerts"]] == ["anomaly"]
         assert (await c.get("/devices/nope/stats")).status_code == 404
+
+
+async def test_stored_figures_equal_observe_as_metrics_appear(db: asyncpg.Connection, engine: Any) -> None:
+    # The writer's path (NumPy over the batch, names written only when they grow) against
+    # observe() sample by sample: devices gain humidity, then an extra field, in later batches;
+    # samples come shuffled within a batch, some late, some spikes.
+    w = writer(engine)
+    r = random.Random(3)
+    p = Params()
+    now = time.time()
+    devices = ("S1", "S2", "S3")
+    reference: dict[tuple[str, str], list[float]] = {}
+    batches = []
+    for b in range(12):
+        batch = []
+        for d in devices:
+            for i in range(25):
+                k = b * 25 + i
+                late = r.random() < 0.05
+                ts = T0 + timedelta(seconds=k - (1000 if late else 0), microseconds=r.randrange(1000))
+                spike = 30.0 if r.random() < 0.02 else 0.0
+                extra = json.dumps({"rpm": 900 + r.gauss(0, 5)}) if b >= 8 else None
+                hum = 50 + r.gauss(0, 1) if b >= 4 else None
+                batch.append(TelemetryRecord(d, ts, 20 + r.gauss(0, 0.5) + spike, hum, None, None, extra, now))
+        r.shuffle(batch)
+        batches.append(batch)
+    for batch in batches:
+        await write(w, batch, per_batch=10_000)
+        for rec in sorted(batch, key=lambda x: (x.device_id, x.ts)):
+            us = float((rec.ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
+            samples = [("temperature", rec.temperature), ("humidity", rec.humidity)]
+            samples += list(json.loads(rec.extra).items()) if rec.extra else []
+            for metric, value in samples:
+                if value is not None:
+                    v = reference.setdefault((rec.device_id, metric), fresh())
+                    observe(v, 0, us, float(value), p, p.alpha)
+    await w.close()
+    for d in devices:
+        names = await db.fetchval("SELECT metrics FROM telemetry_stats WHERE device_id = $1", d)
+        assert names == ["temperature", "humidity", "rpm"]
+        for metric in names:
+            stored = await figures(db, metric, d)
+            want = decode([metric], struct.pack("<16d", *reference[d, metric]))[0]
+            assert stored.keys() == want.keys()
+            for key, value in want.items():
+                if isinstance(value, float):
+                    assert math.isclose(stored[key], value, rel_tol=1e-12, abs_tol=1e-12), (d, metric, key)
+                else:
+                    assert stored[key] == value, (d, metric, key)
+    assert await db.fetchval("SELECT count(*) FROM alerts WHERE kind = 'anomaly'") > 0

@@ -7,7 +7,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from service.stats.ewma import ANOMALOUS, OPENED, RESOLVED, Params, fresh, observe, view
+import numpy as np
+
+from service.stats.ewma import ANOMALOUS, FRESH, LAST_Z, OPENED, RESOLVED, Params, fresh, observe, view
+from service.stats.fold import fold
 
 T0 = 1_767_225_600_000_000.0  # 2026-01-01 in µs
 DEFAULT = Params()
@@ -130,3 +133,54 @@ def test_gaussian_noise_false_alarms_are_rare() -> None:
         opened_at_4 += sum(1 for _, c in run(values)[1] if c == OPENED)
         assert run(values, Params(threshold=5.0))[1] == [], seed
     assert opened_at_4 / 100_000 < 5e-4
+
+
+def test_the_vectorized_fold_equals_observe_sample_by_sample() -> None:
+    # service/stats/fold.py folds a batch step by step over all metrics at once: same figures
+    # (to the bit) and same answers as observe() on every sample, with spikes, level shifts,
+    # constant signals, late and equal timestamps, and a few metrics with long runs in one batch
+    # (those go through observe() itself).
+    r = random.Random(7)
+    metrics, per_metric = 200, 300
+    for p in (DEFAULT, Params(min_samples=5, clear_samples=2, rebaseline_samples=3, threshold=3.0)):
+        expected = [fresh() for _ in range(metrics)]
+        state = np.array([FRESH] * metrics, dtype=np.float64)
+        level = [r.uniform(-50, 50) for _ in range(metrics)]
+        sd = [r.choice([0.0, 0.1, 1.0, 5.0]) for _ in range(metrics)]
+        left = [per_metric] * metrics
+        clock = 0.0
+        judged = opened = resolved = 0
+        while any(left):
+            batch: list[tuple[int, float, float]] = []
+            for _ in range(r.choice([10, 300, 3000])):
+                i = 0 if r.random() < 0.2 else r.randrange(metrics)  # metric 0: many per batch
+                if not left[i]:
+                    continue
+                left[i] -= 1
+                if r.random() < 0.01:
+                    level[i] += r.choice([-1, 1]) * r.uniform(5, 50) * (sd[i] + 1)  # a step
+                x = level[i] + (r.gauss(0, sd[i]) if sd[i] else 0.0)
+                if r.random() < 0.02:
+                    x += r.choice([-1, 1]) * 100 * (sd[i] + 1)  # a spike
+                clock += r.choice([0.0, 1.0, 1.0, 1.0])  # some samples as old as the one before
+                late = r.random() < 0.05
+                batch.append((i, clock - 1e6 if late else clock, x))
+            want = []
+            for i, ts, x in batch:
+                change = observe(expected[i], 0, ts, x, p, p.alpha)
+                want.append((change, expected[i][LAST_Z] if change in (OPENED, ANOMALOUS) else None))
+            codes, zs = fold(
+                state,
+                np.array([b[0] for b in batch], dtype=np.intp),
+                np.array([b[1] for b in batch]),
+                np.array([b[2] for b in batch]),
+                p,
+                p.alpha,
+            )
+            got = [(int(c), float(z) if c in (OPENED, ANOMALOUS) else None) for c, z in zip(codes, zs, strict=True)]
+            assert got == want
+            judged += sum(1 for c, _ in want if c)
+            opened += sum(1 for c, _ in want if c == OPENED)
+            resolved += sum(1 for c, _ in want if c == RESOLVED)
+        assert np.array_equal(np.array(expected), state, equal_nan=True)
+        assert opened > 20 and resolved > 20 and judged > opened  # the anomaly paths were taken

@@ -12,10 +12,14 @@ Two statements per batch with telemetry, whatever the number of devices:
    devices lock them in the same order: no deadlock). It runs after every other statement of the
    batch, so a writer that holds stats rows waits for nothing but other stats rows (and the anomaly
    alerts, which only holders of the device's stats row touch).
-2. WRITE: the new rows of the devices read (UPDATE) and of new devices (INSERT, in device order). A
-   row another writer created since step 1 (both saw the device for the first time) is not
-   overwritten: the statement reports it and the batch is written again (StatsRaced), this time
-   finding the row to lock.
+2. WRITE: the new rows of the devices read (UPDATE; the names only when they grew, else NULL: kept)
+   and of new devices (INSERT, in device order). A row another writer created since step 1 (both
+   saw the device for the first time) is not overwritten: the statement reports it and the batch
+   is written again (StatsRaced), this time finding the row to lock.
+
+In between, the batch's states are one NumPy matrix (a row per metric, decoded from the bytea
+rows in one piece) and its samples are folded into it by service/stats/fold.py: arrays over all
+the batch's metrics at once rather than a Python call per sample.
 
 Then, only for a batch whose samples opened, continued or ended an anomaly, the alert statements of
 service/watch/alerts.py (with their outbox rows).
@@ -28,34 +32,36 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import sys
 from array import array
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
 from service import metrics
 from service.notify.outbox import Outbox
 from service.stats.ewma import (
+    ANOMALOUS,
+    ANOMALOUS_FLAG,
     FRESH,
-    LAST_VALUE,
-    LAST_Z,
+    OPENED,
     REF_DEVIATION,
     REF_MEAN,
     RESOLVED,
     K,
     Params,
-    observe,
 )
+from service.stats.fold import fold
 from service.watch.alerts import AlertSpec, open_alerts, resolve_alerts
 
 ANOMALY = "anomaly"
 KNOWN = ("temperature", "humidity", "voltage", "memory_free")
-_KNOWN_AT = tuple(enumerate(KNOWN, start=2))  # (row index, metric)
 SEPARATOR = "\x1f"  # between metric names in the WRITE parameter (never inside one: see _numbers)
 
 LOCK = """
@@ -66,7 +72,8 @@ WRITE = """
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bool[]) AS u(device_id, metrics, state, created)
 ), up AS (
-    UPDATE telemetry_stats s SET metrics = string_to_array(u.metrics, chr(31)), state = u.state, updated_at = now()
+    UPDATE telemetry_stats s
+    SET metrics = coalesce(string_to_array(u.metrics, chr(31)), s.metrics), state = u.state, updated_at = now()
     FROM u WHERE NOT u.created AND s.device_id = u.device_id
 ), ins AS (
     INSERT INTO telemetry_stats (device_id, metrics, state)
@@ -77,25 +84,8 @@ WITH u AS (
 SELECT count(*) FROM ins
 """
 
-_by_device_ts = itemgetter(0, 1)
-_LOW, _HIGH = -math.inf, math.inf
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
-_indexes: dict[tuple[str, ...], dict[str, int]] = {}
-_MAX_INDEXES = 1024
-
-
-# Little-endian float8s: struct packs a list faster than array() takes one, array unpacks faster.
+# Little-endian float8s (array unpacks them faster than struct; the writer uses NumPy).
 _SWAP = sys.byteorder != "little"
-_packers: dict[int, Callable[..., bytes]] = {}
-
-
-def _pack(values: list[float]) -> bytes:
-    n = len(values)
-    pack = _packers.get(n)
-    if pack is None:
-        pack = _packers[n] = struct.Struct(f"<{n}d").pack
-    return pack(*values)
 
 
 def unpack(state: bytes) -> list[float]:
@@ -110,24 +100,6 @@ class StatsRaced(Exception):
     """Another writer created a stats row this batch creates too: the batch is written again."""
 
 
-class _Device:
-    __slots__ = ("created", "index", "names", "values")
-
-    def __init__(self, names: list[str], values: list[float], created: bool) -> None:
-        self.names = names
-        # Devices share their few sets of metrics: the offsets are built once per set (copied, as a
-        # device that gains a metric extends its own).
-        key = tuple(names)
-        index = _indexes.get(key)
-        if index is None:
-            if len(_indexes) >= _MAX_INDEXES:
-                _indexes.clear()  # devices inventing field names: start over rather than grow
-            index = _indexes[key] = {m: i * K for i, m in enumerate(names)}
-        self.index = dict(index)
-        self.values = values
-        self.created = created
-
-
 class Stats:
     def __init__(self, outbox: Outbox, params: Params | None = None, *, max_metrics: int = 16) -> None:
         self._outbox = outbox
@@ -140,68 +112,196 @@ class Stats:
         extra JSON text, ...) into the stored statistics, inside the caller's transaction."""
         if not rows:
             return
-        book: dict[str, _Device] = {}
-        for r in await conn.fetch(LOCK, sorted({r[0] for r in rows})):
-            book[r[0]] = _Device(list(r[1]), unpack(r[2]), False)
-        opened: dict[tuple[str, str], AlertSpec] = {}
-        ended: set[tuple[str, str]] = set()
-        p, alpha, cap = self.params, self._alpha, self._max_metrics
-        epoch, us = _EPOCH, _US
-        for row in sorted(rows, key=_by_device_ts):
-            device = row[0]
-            d = book.get(device)
-            if d is None:
-                d = book[device] = _Device([], [], True)
-            ts = float((row[1] - epoch) // us)
-            # Not None, NaN or infinite (-inf < NaN is false): one such sample would poison the average.
-            samples = [(m, row[i]) for i, m in _KNOWN_AT if row[i] is not None and _LOW < row[i] < _HIGH]
-            if row[6]:
-                samples.extend(_numbers(row[6]))
-            index, values = d.index, d.values
-            for metric, value in samples:
-                o = index.get(metric)
-                if o is None:
-                    if metric not in KNOWN and len(d.names) >= cap:
-                        metrics.ERRORS.labels("stats_metric_dropped").inc()
-                        continue
-                    o = index[metric] = len(values)
-                    d.names.append(metric)
-                    values.extend(FRESH)
-                change = observe(values, o, ts, float(value), p, alpha)
-                if change and change != RESOLVED:  # OPENED or ANOMALOUS
-                    opened[device, metric] = _spec(device, metric, values, o)  # the newest outlier's figures
-                elif change == RESOLVED:
-                    ended.add((device, metric))
-        await self._write(conn, book)
+        devices = sorted(set(map(_device, rows)))
+        batch = Batch(devices, await conn.fetch(LOCK, devices))
+        opened, ended = self.fold(batch, rows)
+        await self._write(conn, batch)
         # Opened (or bumped) first, then ended: an anomaly that began and ended within the batch
         # is opened and resolved (both notified), as it would be over two batches.
         if opened:
-            await open_alerts(conn, self._outbox, list(opened.values()))
-        resolve = [(k[0], ANOMALY, k[1]) for k in sorted(ended) if not _anomalous(book[k[0]], k[1])]
-        if resolve:
-            await resolve_alerts(conn, self._outbox, resolve)
+            await open_alerts(conn, self._outbox, opened)
+        if ended:
+            await resolve_alerts(conn, self._outbox, ended)
 
-    async def _write(self, conn: asyncpg.Connection, book: dict[str, _Device]) -> None:
-        devices = sorted(book)
-        chosen = [book[d] for d in devices]
-        created = sum(1 for d in chosen if d.created)
-        inserted = await conn.fetchval(
-            WRITE,
-            devices,
-            [SEPARATOR.join(d.names) for d in chosen],
-            [_pack(d.values) for d in chosen],
-            [d.created for d in chosen],
-        )
-        if inserted != created:
-            raise StatsRaced(f"{created - inserted} stats rows were created meanwhile by another writer")
+    def fold(self, batch: Batch, rows: Sequence[Sequence[Any]]) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
+        """The Python side of apply(): fold the rows into the batch's states; returns the alerts to
+        open (or bump) and to resolve."""
+        n = len(rows)
+        slot = batch.slot
+        slots = np.fromiter(map(slot.__getitem__, map(_device, rows)), np.intp, n)
+        ts = np.rint(np.fromiter(map(_timestamp, map(_ts, rows)), np.float64, n) * 1e6)
+        # None becomes NaN; NaN and infinities are never folded in (one would poison the average).
+        try:
+            values = np.fromiter(chain.from_iterable(map(_known, rows)), np.float64, n * len(KNOWN))
+        except TypeError:  # a None among them
+            values = np.array(list(map(_known, rows)), dtype=np.float64)
+        values = values.reshape(n, len(KNOWN))
+        finite = np.isfinite(values)
+        order = np.argsort(ts, kind="stable")  # a metric's samples in (device) time order
+        extra = self._discover(batch, rows, slots, ts, finite, order)
+        base = batch.layout()
+        columns = batch.columns[slots] + base[slots, None]
+        taken = finite[order].ravel()
+        series = columns[order].ravel()[taken]
+        t = np.repeat(ts[order], len(KNOWN))[taken]
+        x = values[order].ravel()[taken]
+        if extra:
+            e_slot, e_index, e_ts, e_x = zip(*extra, strict=True)
+            series = np.concatenate((series, base[np.array(e_slot, np.intp)] + np.array(e_index, np.intp)))
+            t = np.concatenate((t, np.array(e_ts, np.float64)))
+            x = np.concatenate((x, np.array(e_x, np.float64)))
+        state = batch.decode()
+        codes, zs = fold(state, series, t, x, self.params, self._alpha)
+        batch.encode(state)
+        outliers = np.flatnonzero((codes == OPENED) | (codes == ANOMALOUS))
+        resolved = np.flatnonzero(codes == RESOLVED)
+        if not len(outliers) and not len(resolved):
+            return [], []
+        owner = np.repeat(np.arange(len(batch.devices)), batch.lengths())
+        newest: dict[int, int] = {}  # metric (state row) -> its newest outlier (sample)
+        for i in outliers.tolist():
+            newest[int(series[i])] = i
+        opened = []
+        for row, i in newest.items():
+            d = int(owner[row])
+            metric = batch.names[d][row - int(base[d])]
+            mean, dev = float(state[row, REF_MEAN]), float(state[row, REF_DEVIATION])
+            opened.append(_spec(batch.devices[d], metric, float(x[i]), float(zs[i]), mean, dev))
+        ended = set()
+        for row in set(series[resolved].tolist()):
+            if not state[row, ANOMALOUS_FLAG]:  # not opened again later in the batch
+                d = int(owner[row])
+                ended.add((batch.devices[d], ANOMALY, batch.names[d][row - int(base[d])]))
+        return opened, sorted(ended)
+
+    def _discover(
+        self,
+        batch: Batch,
+        rows: Sequence[Sequence[Any]],
+        slots: npt.NDArray[np.intp],
+        ts: npt.NDArray[np.float64],
+        finite: npt.NDArray[np.bool_],
+        order: npt.NDArray[np.intp],
+    ) -> list[tuple[int, int, float, float]]:
+        """Metrics new to their device, added in the order they come (by time), and the samples
+        of extra payload fields (device slot, metric index, ts, value). Only rows of a device
+        that is new, lacks a known metric or sends extra fields are looked at one by one."""
+        new_known = finite & (batch.columns[slots] < 0)
+        has_extra = np.fromiter(map(bool, map(_extra, rows)), np.bool_, len(rows))
+        look = new_known.any(axis=1) | has_extra
+        if not look.any():
+            return []
+        out: list[tuple[int, int, float, float]] = []
+        cap = self._max_metrics
+        for i in order[look[order]].tolist():
+            d = int(slots[i])
+            index = batch.index(d)  # first: it copies the stored names
+            names = batch.names[d]
+            for m in np.flatnonzero(new_known[i]).tolist():
+                metric = KNOWN[m]
+                if metric not in index:
+                    index[metric] = len(names)
+                    names.append(metric)
+                    batch.columns[d, m] = index[metric]
+            if has_extra[i]:
+                for metric, value in _numbers(rows[i][6]):
+                    o = index.get(metric)
+                    if o is None:
+                        if len(names) >= cap:
+                            metrics.ERRORS.labels("stats_metric_dropped").inc()
+                            continue
+                        o = index[metric] = len(names)
+                        names.append(metric)
+                    out.append((d, o, float(ts[i]), value))
+        return out
+
+    async def _write(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        created = batch.created
+        inserted = await conn.fetchval(WRITE, batch.devices, batch.changed_names(), batch.states, created)
+        if inserted != sum(created):
+            n = sum(created) - inserted
+            raise StatsRaced(f"{n} stats rows were created meanwhile by another writer")
 
 
-def _anomalous(d: _Device, metric: str) -> bool:
-    return bool(d.values[d.index[metric] + 8])
+class Batch:
+    """The stats rows of a batch's devices (in device order): names, states, and where each known
+    metric is in them."""
+
+    def __init__(self, devices: list[str], stored: Sequence[Sequence[Any]]) -> None:
+        self.devices = devices
+        self.slot = {d: i for i, d in enumerate(devices)}
+        if len(stored) != len(devices):  # new devices: rows to create (LOCK returns device order)
+            found = {r[0]: r for r in stored}
+            stored = [found.get(d) or (d, [], b"") for d in devices]
+            self.created = [d not in found for d in devices]
+        else:
+            self.created = [False] * len(devices)
+        # The names as stored (asyncpg's lists): copied before a device's are extended (index()).
+        self.names: list[list[str]] = [r[1] for r in stored]
+        self.states: list[bytes] = [r[2] for r in stored]
+        self._stored_names = [len(names) for names in self.names]
+        self.columns = np.full((len(devices), len(KNOWN)), -1, np.intp)
+        usual = [names[:4] == _KNOWN_LIST for names in self.names]
+        self.columns[np.array(usual, dtype=np.bool_)] = _KNOWN_COLUMNS
+        for d in [d for d, u in enumerate(usual) if not u]:
+            names = self.names[d]
+            for m, metric in enumerate(KNOWN):
+                if metric in names:
+                    self.columns[d, m] = names.index(metric)
+        self._index: dict[int, dict[str, int]] = {}
+
+    def index(self, d: int) -> dict[str, int]:
+        index = self._index.get(d)
+        if index is None:
+            names = self.names[d] = list(self.names[d])
+            index = self._index[d] = {m: i for i, m in enumerate(names)}
+        return index
+
+    def lengths(self) -> list[int]:
+        return [len(names) for names in self.names]
+
+    def layout(self) -> npt.NDArray[np.intp]:
+        """Each device's first state row in the batch's state matrix."""
+        return np.concatenate(([0], np.cumsum(self.lengths())[:-1])).astype(np.intp)
+
+    def decode(self) -> npt.NDArray[np.float64]:
+        """All states as one matrix (a row per metric, devices in order), new metrics fresh."""
+        for d in self._index:  # only devices that were looked at may have grown
+            grown = len(self.names[d]) - len(self.states[d]) // _ROW
+            if grown:
+                self.states[d] += _FRESH_ROW * grown
+        flat = np.frombuffer(b"".join(self.states), dtype="<f8")
+        return flat.astype(np.float64).reshape(-1, K)  # a copy: frombuffer's is read-only
+
+    def encode(self, state: npt.NDArray[np.float64]) -> None:
+        blob = state.astype("<f8", copy=False).tobytes()
+        at = 0
+        states = self.states
+        for d, names in enumerate(self.names):
+            end = at + len(names) * _ROW
+            states[d] = blob[at:end]
+            at = end
+
+    def changed_names(self) -> list[str | None]:
+        """The metric names of rows whose names changed (None: keep the stored ones)."""
+        return [
+            SEPARATOR.join(names) if created or len(names) != stored else None
+            for names, stored, created in zip(self.names, self._stored_names, self.created, strict=True)
+        ]
 
 
-def _spec(device: str, metric: str, v: list[float], o: int) -> AlertSpec:
-    z, value, mean, dev = v[o + LAST_Z], v[o + LAST_VALUE], v[o + REF_MEAN], v[o + REF_DEVIATION]
+_device = itemgetter(0)
+_ts = itemgetter(1)
+_known = itemgetter(2, 3, 4, 5)
+_extra = itemgetter(6)
+_timestamp = datetime.timestamp
+_KNOWN_LIST = list(KNOWN)
+_KNOWN_COLUMNS = np.arange(len(KNOWN), dtype=np.intp)
+_ROW = K * 8  # bytes of a metric's state
+_FRESH_ROW = np.array(FRESH, dtype="<f8").tobytes()
+
+
+def _spec(device: str, metric: str, value: float, z: float, mean: float, dev: float) -> AlertSpec:
     return AlertSpec(
         device,
         ANOMALY,
