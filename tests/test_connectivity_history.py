@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.mqtt.message import InboundMessage
 from service.notify.outbox import WEBHOOK, Outbox
@@ -26,13 +23,6 @@ R0 = float(int(time.time()) - 1000)  # receive times (our clock); the devices' c
 
 def at(offset: float) -> datetime:
     return datetime.fromtimestamp(R0 + offset, UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[Any]:
-    eng = create_async_engine(database_url)
-    yield eng
-    await eng.dispose()
 
 
 def writer(engine: Any) -> BatchWriter:

@@ -9,13 +9,11 @@ import math
 import random
 import struct
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.mqtt.message import InboundMessage
 from service.notify.outbox import WEBHOOK, Outbox
@@ -29,13 +27,6 @@ from tests.support.publisher import Publisher
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DEVICE = "S1"
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[Any]:
-    eng = create_async_engine(database_url)
-    yield eng
-    await eng.dispose()
 
 
 def writer(engine: Any) -> BatchWriter:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.mqtt.message import InboundMessage
 from service.notify.outbox import WEBHOOK, Outbox
@@ -21,13 +18,6 @@ from service.watch.liveness import Watch
 
 DEVICES = [f"R{i:03d}" for i in range(60)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[Any]:
-    eng = create_async_engine(database_url)
-    yield eng
-    await eng.dispose()
 
 
 def writer(engine: Any) -> BatchWriter:
