@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import struct
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -259,3 +260,17 @@ def test_zero_and_short_payloads(payload: bytes) -> None:
     reader = Reader()
     assert reader.feed([Pub("a", payload, 1, mid=3).encode()]) == b""
     assert reader.seen() == [("a", payload, 1, False, 3)]
+
+
+def test_messages_of_one_read_get_distinct_microseconds() -> None:
+    # An unstamped message is stored at its receive time, to the microsecond: a burst in one read
+    # must not give two of one device's messages the same (device_id, ts), or the second would be
+    # taken for a redelivery of the first (tests/test_rate_limit.py lost one that way).
+    reader = Reader()
+    burst = b"".join(Pub("p/D1/telemetry", b"{}", 1, mid=i + 1).encode() for i in range(2000))
+    assert reader.feed([burst]) == b""
+    stamps = [datetime.fromtimestamp(m.received_at, UTC) for m in reader.got]
+    assert len(set(stamps)) == 2000 and stamps == sorted(stamps)
+    # The writer's conversion (microseconds since PostgreSQL's epoch) keeps them apart too.
+    pg_us = [round((m.received_at - 946_684_800) * 1e6) for m in reader.got]
+    assert all(b > a for a, b in itertools.pairwise(pg_us))
