@@ -136,7 +136,8 @@ async def test_actions_exactly_once_under_redelivery_and_restart(
     ns: str, tmp_path: Path,
 ) -> None:  # fmt: skip
     db = clean
-    path = rules_file(tmp_path, ns, receiver.url)
+    # A credential in the hook's query: delivered with it, never shown by the API.
+    path = rules_file(tmp_path, ns, f"{receiver.url}?key=hook-credential-123")
     commands = Subscriber(broker.port, f"{ns}/+/relay/+/set")
     rising = [telemetry(ns, "ESP32_1", 1, 65.0), telemetry(ns, "ESP32_1", 2, 72.5), telemetry(ns, "ESP32_1", 3, 75.0)]
     pump = [(f"{ns}/PUMP_1/relay/3/status", {"state": True, "timestamp": stamp(T0 + timedelta(seconds=1))})]
@@ -166,6 +167,9 @@ async def test_actions_exactly_once_under_redelivery_and_restart(
 
             page = (await svc.client.get("/rules/overheat/firings")).json()
             alerts = (await svc.client.get("/alerts", params={"kind": "rule"})).json()
+            listed = (await svc.client.get("/rules")).text
+            assert "hook-credential-123" not in listed + json.dumps(page)
+            assert f"{receiver.url}" in listed  # the URL itself is shown, without its query
 
         # A new process: its caches start from the stored state; part of the series comes once more.
         async with service(**settings) as svc:

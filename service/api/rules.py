@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from service.api.deps import RuntimeDep, SessionDep, TokenDep
 from service.api.params import NO_NUL, Limit, Offset
 from service.api.schemas import Page, Problem
+from service.config import redact_url
 from service.rules import queries
 from service.rules.loader import RulesError
 
@@ -79,6 +80,16 @@ class ReloadOutcome(BaseModel):
     rules: list[str]
 
 
+def _redacted(value: Any) -> Any:
+    """The value with every webhook `url` without user info, query or fragment (they may hold
+    credentials), as the deliveries' targets are shown."""
+    if isinstance(value, dict):
+        return {k: redact_url(v) if k == "url" and isinstance(v, str) else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 @router.get("", response_model=RulesPublic)
 async def list_rules(runtime: RuntimeDep, session: SessionDep) -> RulesPublic:
     active = runtime.rules
@@ -88,7 +99,7 @@ async def list_rules(runtime: RuntimeDep, session: SessionDep) -> RulesPublic:
     for rule in active.rules.rules:
         count = counts.get(rule.name, {})
         out.append(RulePublic(
-            name=rule.name, on=rule.route, parsed=rule.source.model_dump(mode="json", by_alias=True),
+            name=rule.name, on=rule.route, parsed=_redacted(rule.source.model_dump(mode="json", by_alias=True)),
             fired=count.get("fired", 0), last_fired_at=count.get("last_fired_at"),
             states=[RuleStatePublic(**{**s, "relay": None if s["relay"] < 0 else s["relay"]})
                     for s in states.get(rule.name, [])],
@@ -113,7 +124,8 @@ async def rule_firings(
     except KeyError:
         raise HTTPException(404, f"no rule {name!r} is loaded") from None
     rows, total = await queries.firings(session, name, device_id, limit, offset)
-    items = [FiringPublic(**{**r, "relay": None if r["relay"] < 0 else r["relay"]}) for r in rows]
+    items = [FiringPublic(**{**r, "relay": None if r["relay"] < 0 else r["relay"], "actions": _redacted(r["actions"])})
+             for r in rows]  # fmt: skip
     return Page[FiringPublic](items=items, total=total, limit=limit, offset=offset)
 
 
