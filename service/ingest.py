@@ -73,7 +73,7 @@ class Ingestor:
         inbox.append(message)
         # Checked on every message, not only on the transition: a connection made while we were
         # holding (after a reconnect) must be held too.
-        if len(self._inbox) + self.writer.backlog >= self.window:
+        if len(inbox) + self.writer.backlog >= self.window:
             self._holding = True
             self._hold_reading(True)
 

@@ -107,7 +107,7 @@ class Router:
         self.routes: tuple[Route, ...] = tuple(flat)
         self._subscriptions = subscriptions
         self._by_name = {r.name: r for r in flat}
-        self._cache: dict[str, tuple[Route, dict[str, Any]] | None] = {}
+        # topic -> its route and parameters, OWN_TOPIC, or False (no route): the one per-topic cache.
         self._resolved: dict[str, tuple[Route, dict[str, Any]] | bool] = {}
         self.own_topics: tuple[str, ...] = tuple(f"{t.strip('/')}/" for t in own_topics)
         self._commands: re.Pattern[str] | None = None
@@ -117,7 +117,7 @@ class Router:
             return True
         # A route wins over a command topic (a rule with `loop: allowed` publishes to a routed topic
         # on purpose). Not cached here: `resolve`, the per-message lookup, caches the answer.
-        return self._commands is not None and self._commands.fullmatch(topic) is not None and self.match(topic) is None
+        return self._commands is not None and self._commands.fullmatch(topic) is not None and self._scan(topic) is None
 
     def set_commands(self, templates: Iterable[str]) -> None:
         """Topics we publish ourselves, as templates: a `{placeholder}` stands for one level's text
@@ -128,33 +128,31 @@ class Router:
 
     def resolve(self, topic: str) -> tuple[Route, dict[str, Any]] | bool:
         """`match`, with our own topics first: OWN_TOPIC (True) for one of ours, False for no route.
-        One cached lookup per message, where `is_own` then `match` would be two."""
+        One cached lookup per message."""
         try:
             return self._resolved[topic]
         except KeyError:
             pass
-        hit: tuple[Route, dict[str, Any]] | bool = OWN_TOPIC if self.is_own(topic) else (self.match(topic) or False)
+        hit: tuple[Route, dict[str, Any]] | bool = OWN_TOPIC if self.is_own(topic) else (self._scan(topic) or False)
         if len(self._resolved) >= _MATCH_CACHE_SIZE:
             self._resolved.clear()
         self._resolved[topic] = hit
         return hit
 
     def match(self, topic: str) -> tuple[Route, dict[str, Any]] | None:
-        try:
-            return self._cache[topic]
-        except KeyError:
-            pass
+        """The route of `topic` and its parameters, whether or not the topic is one of ours."""
+        hit = self.resolve(topic)
+        if hit is False:
+            return None
+        return hit if type(hit) is tuple else self._scan(topic)  # ours: rare, not cached
+
+    def _scan(self, topic: str) -> tuple[Route, dict[str, Any]] | None:
         levels = topic.split("/")
-        found: tuple[Route, dict[str, Any]] | None = None
         for route in self.routes:
             params = route.topic.match(levels)
             if params is not None:
-                found = (route, params)
-                break
-        if len(self._cache) >= _MATCH_CACHE_SIZE:
-            self._cache.clear()
-        self._cache[topic] = found
-        return found
+                return (route, params)
+        return None
 
     def subscriptions(self) -> list[tuple[str, int]]:
         """(filter, qos) to subscribe: each group's `prefix/#`, and the filters of ungrouped routes."""
