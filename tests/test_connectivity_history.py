@@ -173,3 +173,20 @@ async def test_a_will_stamped_at_connect_time_is_no_offline_before_the_online(
             assert await device_state(db, device) == (False, "will")
     finally:
         await w.close()
+
+
+async def test_a_timeout_at_any_microsecond_fraction_is_recorded(db: asyncpg.Connection, engine: Any) -> None:
+    # A sweep time whose float PostgreSQL's to_timestamp() and Python's datetime round to different
+    # microseconds (about 6 % of them): the history row and its recompute must use one timestamp,
+    # or the timeout's event is never written.
+    w = writer(engine)
+    sweeper = Sweeper(engine, Outbox(), offline_after=5, interval=1, connection=lambda: None,
+                      writer_healthy=lambda: True)  # fmt: skip
+    now = R0 + 30.1234605  # datetime: ...461 µs, to_timestamp: ...460 µs
+    try:
+        await commit(w, stamped("FRAC", True, 0))
+        assert await sweeper.sweep_once(now=now) == 1
+        stamp = datetime.fromtimestamp(now, UTC)
+        assert await events(db, "FRAC") == [(at(0), True, "status"), (stamp, False, "timeout")]
+    finally:
+        await w.close()

@@ -43,7 +43,7 @@ WITH gone AS (
 ), ev AS (
     -- The history the events are derived from (service/watch/history.py; recomputed below).
     INSERT INTO connectivity_history (device_id, at, received_at, is_online, cause)
-    SELECT device_id, to_timestamp($3), to_timestamp($3), false, 'timeout' FROM gone
+    SELECT device_id, $3::timestamptz, $3::timestamptz, false, 'timeout' FROM gone
     ON CONFLICT DO NOTHING
 )
 SELECT device_id, last_seen FROM gone
@@ -124,8 +124,11 @@ class Sweeper:
             while True:
                 started = time.perf_counter()
                 async with conn.transaction():
-                    rows = await conn.fetch(SWEEP, now - self.offline_after, _PAGE, now)
+                    # One timestamp for the history row, its recompute and the alert: to_timestamp()
+                    # of the float could round to the next microsecond, and the recompute, starting
+                    # after the row, would then never write its event.
                     at = datetime.fromtimestamp(now, UTC)
+                    rows = await conn.fetch(SWEEP, now - self.offline_after, _PAGE, at)
                     if rows:
                         ids = sorted(r["device_id"] for r in rows)
                         await conn.fetchrow(RECOMPUTE, ids, [at] * len(ids))
