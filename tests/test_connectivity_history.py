@@ -175,6 +175,30 @@ async def test_a_will_stamped_at_connect_time_is_no_offline_before_the_online(
         await w.close()
 
 
+async def test_an_old_offline_received_after_everything_is_no_will(db: asyncpg.Connection, engine: Any) -> None:
+    # A replica killed holding "off" in its queued share gets it after its restart, after the others
+    # stored everything the device sent since: received last, but the device said offline later
+    # (at 30), so it is its status of 10 delivered late, not a will (it would be a will row and a
+    # revival that one consumer never records).
+    one, two = writer(engine), writer(engine)
+    try:
+        sent = {"on": stamped("Q", True, 0), "on again": stamped("Q", True, 20),
+                "off again": stamped("Q", False, 30), "on at 40": stamped("Q", True, 40)}  # fmt: skip
+        for p in sent.values():
+            await commit(one, p)
+        notified = await outbox(db, "Q")  # the offline at 30 and the online at 40
+        queued = StatusRecord("Q", at(10), False, None, None, None, True, False, R0 + 50)
+        await commit(two, _pending("x/Q/status", queued, 50, False))
+        assert await events(db, "Q") == [(at(0), True, "status"), (at(10), False, "status"),
+                                         (at(20), True, "status"), (at(30), False, "status"),
+                                         (at(40), True, "status")]  # fmt: skip
+        assert await device_state(db, "Q") == (True, "status")
+        assert await outbox(db, "Q") == notified
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def test_a_timeout_at_any_microsecond_fraction_is_recorded(db: asyncpg.Connection, engine: Any) -> None:
     # A sweep time whose float PostgreSQL's to_timestamp() and Python's datetime round to different
     # microseconds (about 6 % of them): the history row and its recompute must use one timestamp,

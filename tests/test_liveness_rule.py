@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from service.records import StatusRecord
+from service.watch.history import HistoryRow
 from service.watch.liveness import _State, walk
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,6 +44,22 @@ def test_old_offline_followed_by_newer_messages_is_stale() -> None:
     assert (state.is_online, changes) == (True, [])
     state, _, changes = walk("D", [status(False, T0 - timedelta(hours=1), NOW)], known(True), other_seen=NOW + 0.1)
     assert (state.is_online, changes) == (True, [])
+
+
+def test_old_offline_is_no_will_when_the_device_said_offline_after_its_stamp() -> None:
+    # Another replica's queued share: an offline the device sent long ago, received after all it
+    # sent since. A will is stamped at connect time, after every offline of earlier connections.
+    late = status(False, T0 - timedelta(minutes=30), NOW)
+    state, _, changes = walk("D", [late], known(True), None, said_offline=T0 - timedelta(minutes=20))
+    assert (state.is_online, changes) == (True, [])
+    state, _, changes = walk("D", [late], known(True), None, said_offline=T0 - timedelta(minutes=40))
+    assert (state.is_online, [c[3] for c in changes]) == (False, ["will"])
+    # The same within one batch: a newer stamped offline received before it.
+    newer = status(False, T0 + timedelta(seconds=1), NOW - 1)
+    history: list[HistoryRow] = []
+    state, _, changes = walk("D", [newer, late], known(True), None, history)
+    assert ([c[3] for c in changes], state.cause) == (["status"], "status")
+    assert [h[4] for h in history] == ["status", "status"]  # both at their own time, no will row
 
 
 def test_redelivered_offline_is_never_a_will() -> None:

@@ -184,13 +184,6 @@ def test_every_replica_took_a_share(outcome: Outcome) -> None:
     assert sum(outcome.received.values()) >= MESSAGES * 7 // 10
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes in most runs (15 of 17 on the branch); what is left: a stamped offline of the restarted "
-    "replica's queued share can be received after everything stored of its device, and the current-state rule "
-    "(service/watch/liveness.py, kept as it is) then takes it for a last will: a will row at our clock and the "
-    "revival after it are extra events (and the device row can end online until its next status) (issue 14)",
-)
 def test_connectivity_events_are_what_one_consumer_records(outcome: Outcome) -> None:
     missing, extra = outcome.traffic.events - outcome.events, outcome.events - outcome.traffic.events
     expected = len(outcome.traffic.events)

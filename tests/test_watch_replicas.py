@@ -12,7 +12,7 @@ import asyncpg
 
 from service.mqtt.message import InboundMessage
 from service.notify.outbox import WEBHOOK, Outbox
-from service.records import RelayRecord, StatusRecord
+from service.records import DeadLetterRecord, RelayRecord, StatusRecord
 from service.storage.writer import BatchWriter, Pending
 from service.watch.liveness import Watch
 
@@ -56,3 +56,27 @@ async def test_two_writers_derive_each_change_once(db: asyncpg.Connection, engin
     assert await db.fetchval("SELECT count(*) FROM alerts WHERE kind = 'offline'") == len(DEVICES)
     per_kind = dict(await db.fetch("SELECT kind, count(*) FROM notifications GROUP BY kind"))
     assert per_kind == {"offline": len(DEVICES), "critical_relay": len(DEVICES)}
+
+
+async def test_two_writers_upsert_the_same_dead_letters_without_deadlock(
+    db: asyncpg.Connection, engine: Any, caplog: Any
+) -> None:
+    # A bad message redelivered to both replicas: its dead-letter row is upserted by both. Rows are
+    # upserted in key order whatever order the batch has them in, so the writers never wait in a cycle.
+    now = time.time()
+    dead = [DeadLetterRecord(now, f"x/D{i:03d}/telemetry", b"{", 1, "parse", "E", "bad", bytes([i]) * 32)
+            for i in range(200)]  # fmt: skip
+    one, two = writer(engine), writer(engine)
+    try:
+        for _ in range(10):
+            for d in dead:
+                one.add(Pending(InboundMessage(d.topic, b"{", 1, False, now), [d], "x"))
+            for d in reversed(dead):
+                two.add(Pending(InboundMessage(d.topic, b"{", 1, False, now), [d], "x"))
+            await asyncio.gather(one.flush_once(), two.flush_once())
+    finally:
+        await one.close()
+        await two.close()
+    assert "deadlock" not in caplog.text.lower()
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == len(dead)
+    assert await db.fetchval("SELECT min(deliveries) FROM dead_letters") == 20

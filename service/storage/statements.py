@@ -75,12 +75,18 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[], $5::bytea[],
 ON CONFLICT DO NOTHING
 """
 
+# Ids in arrival order (the CTE numbers the rows as they come), rows upserted in key order: two
+# replicas upserting the same dead letters (a bad message redelivered to both, a flood's rate-limit
+# rows) lock them in one order, so they never deadlock. (An id drawn for a row that exists is unused.)
 INSERT_DEAD_LETTERS = """
+WITH u AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('dead_letters', 'id')) AS id, *
+    FROM unnest($1::float8[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::text[], $7::text[],
+                $8::bytea[], $9::int4[]) AS u(r, t, p, q, s, c, m, h, n)
+)
 INSERT INTO dead_letters AS dl
-    (received_at, last_received_at, topic, payload, qos, stage, error_class, error_message, digest, deliveries)
-SELECT to_timestamp(r), to_timestamp(r), t, p, q, s, c, m, h, n
-FROM unnest($1::float8[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::text[], $7::text[],
-            $8::bytea[], $9::int4[]) AS u(r, t, p, q, s, c, m, h, n)
+    (id, received_at, last_received_at, topic, payload, qos, stage, error_class, error_message, digest, deliveries)
+SELECT id, to_timestamp(r), to_timestamp(r), t, p, q, s, c, m, h, n FROM u ORDER BY t, h, s
 ON CONFLICT (topic, digest, stage) DO UPDATE
 SET last_received_at = GREATEST(dl.last_received_at, EXCLUDED.last_received_at),
     deliveries = dl.deliveries + EXCLUDED.deliveries

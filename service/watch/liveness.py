@@ -104,6 +104,13 @@ FROM unnest($1::text[], $2::bool[], $3::timestamptz[], $4::text[], $5::text[], $
 WHERE d.device_id = u.device_id
 """
 
+# The newest stamped offline each device said (stored in its history; see walk()).
+SAID_OFFLINE = """
+SELECT device_id, max(stamp) AS said FROM connectivity_history
+WHERE device_id = ANY($1::text[]) AND stamp IS NOT NULL AND NOT is_online AND cause = 'status'
+GROUP BY device_id
+"""
+
 LOCK_RELAYS = """
 SELECT r.device_id, r.relay_index, r.state, r.ts FROM relays r
 JOIN unnest($1::text[], $2::int4[]) AS u(d, i) ON r.device_id = u.d AND r.relay_index = u.i
@@ -137,6 +144,7 @@ def walk(
     state: _State,
     other_seen: float | None,
     history: list[HistoryRow] | None = None,
+    said_offline: datetime | None = None,
 ) -> tuple[_State, dict[str, Any], list[Change]]:
     """Apply one device's statuses (in receive order) to its stored state, by the ordering rule.
 
@@ -146,6 +154,12 @@ def walk(
     every live stamped status at its own time, whether or not it is news now (committed after a
     newer one, it still has its place in the history), and what applied on our clock (a will, an
     unstamped or retained status, a revival).
+
+    `said_offline`: the newest stamp of a stamped `offline` the device sent that is stored (None if
+    unknown or none). A stamped `offline` no newer than it is not a will, however late it comes: the
+    device said `offline` after this one's stamp, so this is an older status delivered late (another
+    replica's queued share), not the will of its current connection (stamped at connect, which is
+    after every `offline` of its earlier connections).
     """
     fields: dict[str, Any] = {}
     changes: list[Change] = []
@@ -182,7 +196,7 @@ def walk(
                 cause = "retained"
         elif newer_on_device_clock:
             cause = "status"
-        elif received_last and not r.is_online:
+        elif received_last and not r.is_online and not (r.stamped and said_offline and r.ts <= said_offline):
             cause = "will"
         elif (received_last or online_not_outranked) and not r.stamped:
             cause = "status"
@@ -196,6 +210,8 @@ def walk(
         elif cause is not None and cause != "will":
             at = r.ts if r.stamped else _from_epoch(r.received_at, UTC)
             history.append((device, at, r.received_at, r.is_online, cause, r.ts if r.stamped else None))
+        if r.stamped and not r.retained and not r.is_online and (said_offline is None or r.ts > said_offline):
+            said_offline = r.ts
         if cause is None:
             continue  # stale: older than what we know
         if newer_on_device_clock:
@@ -293,12 +309,29 @@ class Watch:
         per_device: dict[str, list[StatusRecord]] = defaultdict(list)
         for s in sorted(statuses, key=lambda s: (s.device_id, s.received_at)):
             per_device[s.device_id].append(s)
-        rows: list[tuple[Any, ...]] = []
+        walked: dict[str, tuple[_State, dict[str, Any], list[Change], list[HistoryRow]]] = {}
+        others: dict[str, float | None] = {}
         for device, recs in per_device.items():
             newest_status = max(r.received_at for r in recs)
             other = seen.get(device)
-            other_seen = other if other is not None and other > newest_status else None
-            state, fields, device_changes = walk(device, recs, stored[device], other_seen, history)
+            others[device] = other if other is not None and other > newest_status else None
+            rows_of: list[HistoryRow] = []
+            walked[device] = (*walk(device, recs, stored[device], others[device], rows_of), rows_of)
+        # A stamped offline taken for a will is checked against the offlines the device said (rare:
+        # one indexed read, only then): an older status delivered late is not a will.
+        suspects = sorted(d for d, (*_, rows_of) in walked.items()
+                          if any(h[4] == "will" for h in rows_of)
+                          and any(r.stamped and not r.is_online for r in per_device[d]))  # fmt: skip
+        if suspects:
+            said = {r["device_id"]: r["said"] for r in await conn.fetch(SAID_OFFLINE, suspects)}
+            for device in suspects:
+                if device in said:
+                    rows_of = []
+                    walked[device] = (*walk(device, per_device[device], stored[device], others[device], rows_of,
+                                            said[device]), rows_of)  # fmt: skip
+        rows: list[tuple[Any, ...]] = []
+        for device, (state, fields, device_changes, rows_of) in walked.items():
+            history.extend(rows_of)
             changes.extend(device_changes)
             rows.append((device, state.is_online, state.status_ts, fields.get("ip"), fields.get("fw"),
                          fields.get("uptime"), state.last_seen, state.changed, state.cause))  # fmt: skip
