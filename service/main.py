@@ -15,6 +15,7 @@ from service.api import alerts, dead_letters, devices, errors, health, metrics, 
 from service.api import rules as rules_api
 from service.api.health import monitor_health
 from service.config import Settings, load_settings
+from service.notify.outbox import Outbox
 from service.routes import build_router
 from service.rules.active import ActiveRules
 from service.runtime import Runtime
@@ -27,11 +28,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.mqtt_monitor_log_level, settings.log_format)
     # A bad rules file stops start-up here, with one line (RulesError), like a bad setting.
-    rules = ActiveRules(settings.rules_file, build_router(settings.mqtt_topic_prefix))
+    # The outbox is shared: the rules resolve the alerts of removed rules through it.
+    outbox = Outbox.from_settings(settings)
+    rules = ActiveRules(settings.rules_file, build_router(settings.mqtt_topic_prefix), outbox=outbox)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(settings, rules, health=_page_health)
+        runtime = Runtime.build(settings, rules, outbox=outbox, health=_page_health)
         app.state.runtime = runtime
         app.state.events = runtime.events
         log.info(

@@ -81,9 +81,11 @@ class Runtime:
         settings: Settings,
         rules: ActiveRules | None = None,
         *,
+        outbox: Outbox | None = None,
         health: Callable[[Runtime], Awaitable[dict[str, Any]]] | None = None,
     ) -> Runtime:
-        """`health(runtime)`: the body of the live page's health events (the HTTP layer's answer)."""
+        """`health(runtime)`: the body of the live page's health events (the HTTP layer's answer).
+        `outbox`: the notification channels (from the settings if not given; `rules` share them)."""
         engine = create_engine(settings)
         middleware = build_middleware(settings, ROUTE_NAMES)
         # Our own alert topic is not a device's: acknowledged, never routed or dead-lettered.
@@ -91,10 +93,10 @@ class Runtime:
             settings.mqtt_topic_prefix, route_middleware=middleware.per_route, own_topics=[settings.alert_topic]
         )
         # Loaded before anything starts: a bad rules file stops start-up with one line (RulesError).
-        rules = rules if rules is not None else ActiveRules(settings.rules_file, router)
+        outbox = outbox or Outbox.from_settings(settings)
+        rules = rules if rules is not None else ActiveRules(settings.rules_file, router, outbox=outbox)
         # The rules' commands come back to us (we subscribe to `<prefix>/#`): ours, not routed.
         rules.observe(lambda loaded: router.set_commands(loaded.publish_topics))
-        outbox = Outbox.from_settings(settings)
         watch = Watch(
             outbox,
             registration=settings.device_registration,

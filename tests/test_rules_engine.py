@@ -243,7 +243,10 @@ async def test_reload_with_a_bad_file_keeps_the_old_rules(
     service: ServiceFactory, publisher: Publisher, rules_db: asyncpg.Connection, ns: str, tmp_path: Path
 ) -> None:
     path = write_rules(tmp_path / "rules.yaml", ns, EDGE_RULES)
-    async with service(rules_file=str(path), api_token=TOKEN) as svc:
+    await rules_db.execute("DELETE FROM alerts WHERE kind = 'rule'")
+    # Unreachable: the notifications stay in the outbox, where the test reads them.
+    hook = {"alert_webhook_urls": "http://127.0.0.1:9/hook"}
+    async with service(rules_file=str(path), api_token=TOKEN, **hook) as svc:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert (await svc.client.post("/rules/reload")).status_code == 401
         path.write_text(EDGE_RULES.replace('"temperature > 30"', '"temprature > 30"'))
@@ -266,6 +269,19 @@ async def test_reload_with_a_bad_file_keeps_the_old_rules(
                                                 telemetry(ns, "D1", T0 + timedelta(seconds=2), temperature=36)])
         assert len(await firings(rules_db, "hot")) == 1  # "hot" is gone: no second firing
         assert [r["name"] for r in (await svc.client.get("/rules")).json()["rules"]] == ["humid"]
+        # Its open alert would never see its condition end: the reload resolved it, and said so.
+        alerts = await rules_db.fetch("SELECT key, resolved_at FROM alerts WHERE kind = 'rule' AND device_id = 'D1'")
+        assert [(a["key"], a["resolved_at"] is not None) for a in alerts] == [("hot", True)]
+        said = await rules_db.fetch("SELECT state FROM notifications WHERE kind = 'rule' AND device_id = 'D1' "
+                                    "AND firing_id IS NULL AND channel = 'webhook' ORDER BY id")  # fmt: skip
+        assert [n["state"] for n in said] == ["opened", "resolved"]
+
+    # A restart with the same file resolves nothing more (and nothing twice).
+    async with service(rules_file=str(path), api_token=TOKEN, **hook):
+        pass
+    said = await rules_db.fetch("SELECT state FROM notifications WHERE kind = 'rule' AND device_id = 'D1' "
+                                "AND firing_id IS NULL AND channel = 'webhook'")  # fmt: skip
+    assert len(said) == 2
 
 
 async def test_without_a_token_reload_is_disabled(service: ServiceFactory, tmp_path: Path, ns: str) -> None:

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.notify.outbox import Outbox
 from service.records import DeadLetterRecord
 from service.routing.router import Router
 from service.rules import metrics
-from service.rules.loader import RulesError, RuleSet, load_file
+from service.rules.loader import RULE_ALERT, RulesError, RuleSet, load_file
 from service.rules.peers import PeerListener, new_origin
 from service.rules.stage import RouteStage, stored_entries
+from service.watch.alerts import resolve_alerts
+from service.watch.sweep import raw_connection
 
 if TYPE_CHECKING:
     from service.pipeline import MessageContext, Outcome
@@ -34,11 +37,21 @@ Hook = Callable[["MessageContext", "Outcome"], "Outcome"]
 
 _STORED = "SELECT rule, device_id, relay, value, changed_at, since, fired_at FROM rule_state WHERE rule = ANY(:names)"
 
+# Open rule alerts that no rule in force can resolve any more (its rule was removed, or lost its
+# alert action): nothing would ever say their condition is over.
+_ORPHANS = """
+SELECT device_id, key FROM alerts
+WHERE kind = $1 AND resolved_at IS NULL AND NOT coalesce(details->>'rule' = ANY($2::text[]), false)
+"""
+
 
 class ActiveRules:
-    def __init__(self, path: str | None, router: Router, rules: RuleSet | None = None) -> None:
+    def __init__(
+        self, path: str | None, router: Router, rules: RuleSet | None = None, *, outbox: Outbox | None = None
+    ) -> None:
         self.path = path
         self.router = router
+        self.outbox = outbox or Outbox()
         self.rules = rules if rules is not None else (load_file(path, router) if path else RuleSet())
         self.hooks: dict[str, Hook] = {}
         self.last_error: str | None = None
@@ -63,6 +76,7 @@ class ActiveRules:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._peers.listening.wait(), 10)
         self._install(self.rules, await _stored(engine, self.rules))
+        await self._resolve_orphans(engine, self.rules)
         if self.rules.rules:
             log.info("%d rules loaded from %s", len(self.rules.rules), self.rules.source)
 
@@ -80,9 +94,24 @@ class ActiveRules:
                 raise
             self._install(rules, await _stored(engine, rules))
             self.rules, self.last_error, self.last_reload = rules, None, time.time()
+            await self._resolve_orphans(engine, rules)
             metrics.RELOADS.labels("loaded").inc()
             log.info("rules reloaded: %d rules from %s", len(rules.rules), rules.source)
             return rules
+
+    async def _resolve_orphans(self, engine: AsyncEngine, rules: RuleSet) -> int:
+        """Resolve (and notify, through the outbox) the open alerts of rules no longer in force.
+
+        Their state rows stay: a rule put back resumes from them, as after a restart. (Every replica
+        must read the same file: one with an older file would resolve the alerts of newer rules.)
+        """
+        names = [r.name for r in rules.rules if r.has_alert]
+        async with raw_connection(engine) as conn, conn.transaction():
+            orphans = [(r["device_id"], RULE_ALERT, r["key"]) for r in await conn.fetch(_ORPHANS, RULE_ALERT, names)]
+            resolved = await resolve_alerts(conn, self.outbox, orphans)
+        if resolved:
+            log.info("resolved %d open alerts of rules no longer in force", resolved)
+        return resolved
 
     async def stop(self) -> None:
         if self._peers is not None:
