@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     # How long the broker keeps the session while we are away (seconds); must outlive a restart.
     mqtt_session_expiry: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 86_400
     # CONNECT Receive Maximum: unacknowledged QoS 1 messages the broker may send us.
-    # This is the service's only buffer: memory is bounded by it.
-    mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 4_000
+    # This is the service's only buffer: memory is bounded by it. Twice WRITER_BATCH_SIZE, so one
+    # batch fills while the one before commits.
+    mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 16_000
     mqtt_monitor_enabled: bool = True
     mqtt_monitor_log_level: str = "INFO"
     # text (default) or json: one JSON object per line for log collectors.
@@ -70,7 +71,9 @@ class Settings(BaseSettings):
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 5
 
     # Writer
-    writer_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 2_000
+    # Batches only grow this large under load (group commit). Large ones spread what a batch costs
+    # per device (statistics, state rows) over more messages: docs/performance.md, "Batch size".
+    writer_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 8_000
     # 0 = group commit: an idle writer commits at once, batches form while a commit is in flight.
     writer_linger_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
     writer_retry_max_delay: Annotated[float, Field(gt=0, le=3600)] = 30.0
@@ -120,7 +123,7 @@ class Settings(BaseSettings):
     notify_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
     notify_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     # Statistics per device and numeric metric, written with each batch (docs/statistics.md). Off by
-    # default until it fits its budget: on, it costs about 4 µs CPU per telemetry message (+60 %).
+    # default: two more statements per commit cost about 2 ms of latency at low message rates.
     stats_enabled: bool = False
     # The four known metrics always; extra numeric fields while the device has fewer metrics than this.
     stats_max_metrics_per_device: Annotated[int, Field(ge=4, le=1000)] = 16

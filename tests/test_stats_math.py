@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -184,3 +185,47 @@ def test_the_vectorized_fold_equals_observe_sample_by_sample() -> None:
             resolved += sum(1 for c, _ in want if c == RESOLVED)
         assert np.array_equal(np.array(expected), state, equal_nan=True)
         assert opened > 20 and resolved > 20 and judged > opened  # the anomaly paths were taken
+
+
+def test_small_batches_fold_as_large_ones() -> None:
+    # Stats.fold takes a batch of a few rows sample by sample (_fold_scalar) and a larger one with
+    # NumPy (_fold_vector): the same rows from the same stored state give the same bytes and alerts.
+    # Random batches: new and known devices, missing and non-finite readings, extra fields (some over
+    # the cap), equal and out-of-order timestamps, spikes that open and end anomalies.
+    from datetime import UTC, datetime, timedelta
+
+    from service.notify.outbox import Outbox
+    from service.records import TelemetryRecord
+    from service.stats.store import Batch, Stats
+
+    rng = random.Random(7)
+    stats = Stats(Outbox(), Params(min_samples=5, clear_samples=2, rebaseline_samples=6), max_metrics=6)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    stored: dict[str, tuple[str, list[str], bytes]] = {}
+    checked = 0
+    for round_ in range(300):
+        rows = []
+        for _ in range(rng.randint(1, 40)):
+            device = f"D{rng.randint(0, 5)}"
+            ts = t0 + timedelta(seconds=rng.choice([round_, round_, round_ - 3]), milliseconds=rng.randint(0, 2))
+            spike = 50.0 if rng.random() < 0.05 else 0.0
+
+            def reading(level: float) -> float | None:
+                return rng.choice([None, math.nan, math.inf]) if rng.random() < 0.05 else level + rng.gauss(0, 1) + spike
+
+            extra = None
+            if rng.random() < 0.2:
+                extra = json.dumps({f"x{rng.randint(0, 4)}": rng.gauss(5, 1) + spike, "flag": True, "s": "text"})
+            memory = rng.choice([None, 1000 + rng.randint(0, 5)])
+            rows.append(TelemetryRecord(device, ts, reading(20), reading(50), reading(3.3), memory, extra, 0.0))
+        devices = sorted({r.device_id for r in rows})
+        lock = [stored[d] for d in devices if d in stored]
+        small, large = Batch(devices, lock), Batch(devices, lock)
+        a = stats._fold_scalar(small, rows)
+        b = stats._fold_vector(large, rows)
+        assert a == b, round_
+        assert (small.names, small.states) == (large.names, large.states), round_
+        checked += len(a[0]) + len(a[1])
+        for d, names, state in zip(devices, small.names, small.states, strict=True):
+            stored[d] = (d, list(names), state)
+    assert checked > 20  # anomalies were opened and ended along the way

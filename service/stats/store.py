@@ -30,6 +30,7 @@ ON CONFLICT statement returns what it stored), so a redelivered message changes 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -50,12 +51,14 @@ from service.stats.ewma import (
     ANOMALOUS,
     ANOMALOUS_FLAG,
     FRESH,
+    LAST_Z,
     OPENED,
     REF_DEVIATION,
     REF_MEAN,
     RESOLVED,
     K,
     Params,
+    observe,
 )
 from service.stats.fold import fold
 from service.watch.alerts import AlertSpec, open_alerts, resolve_alerts
@@ -85,6 +88,8 @@ SELECT count(*) FROM ins
 """
 
 # Little-endian float8s (array unpacks them faster than struct; the writer uses NumPy).
+# Batches of at most this many rows are folded sample by sample (Stats._fold_scalar).
+SMALL_BATCH = 32  # where the two cost the same (bench/stats_micro.py with batches of 24 and 48)
 _SWAP = sys.byteorder != "little"
 
 
@@ -94,6 +99,13 @@ def unpack(state: bytes) -> list[float]:
     if _SWAP:
         a.byteswap()
     return a.tolist()
+
+
+def pack(state: list[float]) -> bytes:
+    a = array("d", state)
+    if _SWAP:
+        a.byteswap()
+    return a.tobytes()
 
 
 class StatsRaced(Exception):
@@ -126,6 +138,14 @@ class Stats:
     def fold(self, batch: Batch, rows: Sequence[Sequence[Any]]) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
         """The Python side of apply(): fold the rows into the batch's states; returns the alerts to
         open (or bump) and to resolve."""
+        if len(rows) <= SMALL_BATCH:
+            return self._fold_scalar(batch, rows)
+        return self._fold_vector(batch, rows)
+
+    def _fold_vector(
+        self, batch: Batch, rows: Sequence[Sequence[Any]]
+    ) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
+        """fold() with NumPy: arrays over all the batch's samples at once (service/stats/fold.py)."""
         n = len(rows)
         slot = batch.slot
         slots = np.fromiter(map(slot.__getitem__, map(_device, rows)), np.intp, n)
@@ -173,6 +193,69 @@ class Stats:
                 d = int(owner[row])
                 ended.add((batch.devices[d], ANOMALY, batch.names[d][row - int(base[d])]))
         return opened, sorted(ended)
+
+    def _fold_scalar(
+        self, batch: Batch, rows: Sequence[Sequence[Any]]
+    ) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
+        """fold() for a few rows, sample by sample through observe(): the same samples in the same
+        order (a metric's by time, arrival order on ties; new metrics named in that order), so the
+        same figures and alerts, without the NumPy calls whose fixed cost (about 100 µs a batch)
+        is most of a small batch's (a low message rate commits a message or two at a time)."""
+        params, alpha, cap = self.params, self._alpha, self._max_metrics
+        slot = batch.slot
+        stamps = [float(round(_timestamp(r[1]) * 1e6)) for r in rows]  # as fold()'s np.rint(ts * 1e6)
+        states: dict[int, list[float]] = {}
+        known: list[tuple[int, int, float, float]] = []
+        extra: list[tuple[int, int, float, float]] = []
+        for i in sorted(range(len(rows)), key=stamps.__getitem__):
+            row = rows[i]
+            d = slot[row[0]]
+            t = stamps[i]
+            index = batch.index(d)
+            names = batch.names[d]
+            v = states.get(d)
+            if v is None:
+                v = states[d] = unpack(batch.states[d])
+            for m, metric in enumerate(KNOWN):
+                x = row[2 + m]
+                if x is None or not math.isfinite(x):
+                    continue
+                o = index.get(metric)
+                if o is None:
+                    o = index[metric] = len(names)
+                    names.append(metric)
+                    v.extend(FRESH)
+                known.append((d, o, t, float(x)))
+            if row[6]:
+                for metric, value in _numbers(row[6]):
+                    o = index.get(metric)
+                    if o is None:
+                        if len(names) >= cap:
+                            metrics.ERRORS.labels("stats_metric_dropped").inc()
+                            continue
+                        o = index[metric] = len(names)
+                        names.append(metric)
+                        v.extend(FRESH)
+                    extra.append((d, o, t, value))
+        newest: dict[tuple[int, int], tuple[float, float]] = {}  # metric -> its newest outlier (x, z)
+        ended: set[tuple[int, int]] = set()
+        for d, o, t, x in known + extra:
+            v = states[d]
+            code = observe(v, o * K, t, x, params, alpha)
+            if code in (OPENED, ANOMALOUS):
+                newest[d, o] = (x, v[o * K + LAST_Z])
+            elif code == RESOLVED:
+                ended.add((d, o))
+        for d, v in states.items():
+            batch.states[d] = pack(v)
+        opened = []
+        for (d, o), (x, z) in newest.items():
+            v = states[d]
+            opened.append(_spec(batch.devices[d], batch.names[d][o], x, z, v[o * K + REF_MEAN],
+                                v[o * K + REF_DEVIATION]))  # fmt: skip
+        resolved = {(batch.devices[d], ANOMALY, batch.names[d][o]) for d, o in ended
+                    if not states[d][o * K + ANOMALOUS_FLAG]}  # fmt: skip
+        return opened, sorted(resolved)
 
     def _discover(
         self,
@@ -240,15 +323,20 @@ class Batch:
         self.names: list[list[str]] = [r[1] for r in stored]
         self.states: list[bytes] = [r[2] for r in stored]
         self._stored_names = [len(names) for names in self.names]
-        self.columns = np.full((len(devices), len(KNOWN)), -1, np.intp)
+        self._index: dict[int, dict[str, int]] = {}
+
+    @functools.cached_property
+    def columns(self) -> npt.NDArray[np.intp]:
+        """Where each device's known metrics are among its state rows (-1: not yet); NumPy path only."""
+        columns = np.full((len(self.devices), len(KNOWN)), -1, np.intp)
         usual = [names[:4] == _KNOWN_LIST for names in self.names]
-        self.columns[np.array(usual, dtype=np.bool_)] = _KNOWN_COLUMNS
+        columns[np.array(usual, dtype=np.bool_)] = _KNOWN_COLUMNS
         for d in [d for d, u in enumerate(usual) if not u]:
             names = self.names[d]
             for m, metric in enumerate(KNOWN):
                 if metric in names:
-                    self.columns[d, m] = names.index(metric)
-        self._index: dict[int, dict[str, int]] = {}
+                    columns[d, m] = names.index(metric)
+        return columns
 
     def index(self, d: int) -> dict[str, int]:
         index = self._index.get(d)
