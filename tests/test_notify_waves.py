@@ -145,7 +145,7 @@ async def test_pipelined_publishes_across_the_receive_maximum(tmp_path: Path, da
     try:
         await eventually(lambda: transport.state.connected)
         topics = [f"w/ok/{i}" for i in range(10)]
-        assert await transport.publish_many([(t, b"{}", 1, False) for t in topics], timeout=10) == [None] * 10
+        assert await transport.publish_many([(t, b"{}", 1, False, None) for t in topics], timeout=10) == [None] * 10
         await eventually(lambda: len(sub.topics) == 10)
         assert sub.topics == topics  # in the order written
         assert transport._client is not None and not transport._client._package_handler.pubacks
@@ -160,7 +160,7 @@ async def test_pipelined_publishes_across_the_receive_maximum(tmp_path: Path, da
         # A refused message fails with the broker's reason. (Mosquitto 2.0 then closes the connection,
         # so what follows it fails too, none left waiting.) Only what was acknowledged counts as done.
         more = ["w/ok/a", "w/ok/b", "w/no/x", "w/ok/c", "w/ok/d"]
-        results = await transport.publish_many([(t, b"{}", 1, False) for t in more], timeout=10)
+        results = await transport.publish_many([(t, b"{}", 1, False, None) for t in more], timeout=10)
         assert "0x87" in str(results[2]) and isinstance(results[2], PublishError)
         assert all(r is None or isinstance(r, PublishError) for r in results)
         done = [t for t, r in zip(more, results, strict=True) if r is None]

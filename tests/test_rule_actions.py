@@ -66,13 +66,15 @@ def telemetry(ns: str, device: str, seconds: int, temperature: float) -> tuple[s
 
 
 class Subscriber:
-    """A paho client on one filter, collecting (topic, payload)."""
+    """A paho client (MQTT 5) on one filter, collecting (topic, payload) and each message's user properties."""
 
     def __init__(self, port: int, topic_filter: str) -> None:
         self.messages: list[tuple[str, bytes]] = []
+        self.properties: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rule-sub-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rule-sub-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)  # fmt: skip
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: self._ready.set()
         self.client.connect("127.0.0.1", port)
@@ -83,6 +85,7 @@ class Subscriber:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, msg.payload))
+            self.properties.append(dict(getattr(msg.properties, "UserProperty", None) or []))
 
     def received(self) -> list[tuple[str, bytes]]:
         with self._lock:
@@ -153,6 +156,11 @@ async def test_actions_exactly_once_under_redelivery_and_restart(
             ((topic, payload),) = commands.received()
             assert topic == f"{ns}/ESP32_1/relay/0/set"
             assert json.loads(payload) == {"state": False, "by": "overheat"}
+            # Its outbox row's event id rides along (a webhook's Idempotency-Key): a device can drop
+            # the copy the at-least-once sender may send after a crash.
+            command_id = await db.fetchval("SELECT event_id FROM notifications WHERE channel = 'mqtt' "
+                                           "AND firing_id IS NOT NULL")  # fmt: skip
+            assert commands.properties == [{"idempotency-key": str(command_id)}]
             # A command as another replica publishes it (No Local keeps only our own from coming back
             # on a plain subscription; a shared one gets them all): ours, acknowledged, not stored.
             before = svc.runtime.ingestor.stats.messages_processed

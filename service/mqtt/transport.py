@@ -46,7 +46,10 @@ from service.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 Sink = Callable[[InboundMessage], None]
-Outgoing = tuple[str, bytes, int, bool]  # topic, payload, QoS, retain
+# topic, payload, QoS, retain, idempotency key (sent as the MQTT 5 user property IDEMPOTENCY_KEY,
+# so that a subscriber can drop a copy the at-least-once outbox sent twice; None: none)
+Outgoing = tuple[str, bytes, int, bool, str | None]
+IDEMPOTENCY_KEY = "idempotency-key"
 
 _PUBACK = 0x40
 # MQTT 5 DISCONNECT reason "Session taken over": another client connected with our client id.
@@ -413,19 +416,19 @@ class MqttTransport:
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      timeout: float = 10.0) -> None:  # fmt: skip
+                      key: str | None = None, timeout: float = 10.0) -> None:  # fmt: skip
         """Publish on the current connection; at QoS 1, return once the broker acknowledged it.
 
         Raises PublishError when not connected, when the connection is lost first, or when the
         broker refuses it, and TimeoutError without an answer in `timeout` seconds. Nothing is
         resent on a new connection: the caller (the notification outbox) retries.
         """
-        (error,) = await self.publish_many([(topic, payload, qos, retain)], timeout=timeout)
+        (error,) = await self.publish_many([(topic, payload, qos, retain, key)], timeout=timeout)
         if error is not None:
             raise error
 
     async def publish_many(self, messages: Sequence[Outgoing], *, timeout: float = 10.0) -> list[BaseException | None]:
-        """Publish (topic, payload, qos, retain) messages, pipelined: as many as the broker's Receive
+        """Publish (topic, payload, qos, retain, key) messages, pipelined: as many as the broker's Receive
         Maximum lets us have unacknowledged go out in one write, then their PUBACKs are awaited
         together. Per message None once acknowledged (QoS 1) or written (QoS 0), else why not, as
         `publish` raises it; `timeout` bounds the whole call. Written in the order given, so the
@@ -466,8 +469,10 @@ class MqttTransport:
         waiters: dict[int, asyncio.Future[None]] = {}  # index in `results` -> its PUBACK
         mids: list[int] = []
         packets: list[bytes] = []
-        for i, (topic, payload, qos, retain) in enumerate(chunk, first):
-            mid, packet = PublishPacket.build_package(Message(topic, payload, qos=qos, retain=retain), protocol)
+        for i, (topic, payload, qos, retain, key) in enumerate(chunk, first):
+            message = (Message(topic, payload, qos=qos, retain=retain) if key is None
+                       else Message(topic, payload, qos=qos, retain=retain, user_property=(IDEMPOTENCY_KEY, key)))
+            mid, packet = PublishPacket.build_package(message, protocol)
             packets.append(packet)
             if qos:
                 waiter: asyncio.Future[None] = loop.create_future()

@@ -1,5 +1,6 @@
 """MQTT channel: the body on its topic (an alert's `<alert topic>/<device_id>/<kind>`, a rule's publish
-topic), at the row's QoS (1 unless a rule says 0), done once the broker PUBACKs. A wave of rows goes
+topic), at the row's QoS (1 unless a rule says 0), with the row's event id as the MQTT 5 user property
+`idempotency-key`, done once the broker PUBACKs. A wave of rows goes
 out pipelined (MqttTransport.publish_many: one write, the PUBACKs awaited together)."""
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class MqttChannel:
                 todo.append(i)
         if not todo:
             return out
-        messages = [(items[i].target, items[i].body.encode(), items[i].qos, items[i].retain) for i in todo]
+        # The event id travels as the idempotency key, as a webhook's Idempotency-Key header does.
+        messages = [(items[i].target, items[i].body.encode(), items[i].qos, items[i].retain, str(items[i].event_id))
+                    for i in todo]  # fmt: skip
         try:
             results = await self._publish_many(messages, timeout=self._timeout)
         except Exception as exc:
