@@ -210,8 +210,10 @@ def test_small_batches_fold_as_large_ones() -> None:
             ts = t0 + timedelta(seconds=rng.choice([round_, round_, round_ - 3]), milliseconds=rng.randint(0, 2))
             spike = 50.0 if rng.random() < 0.05 else 0.0
 
-            def reading(level: float) -> float | None:
-                return rng.choice([None, math.nan, math.inf]) if rng.random() < 0.05 else level + rng.gauss(0, 1) + spike
+            def reading(level: float, spike: float = spike) -> float | None:
+                if rng.random() < 0.05:
+                    return rng.choice([None, math.nan, math.inf])
+                return level + rng.gauss(0, 1) + spike
 
             extra = None
             if rng.random() < 0.2:

@@ -227,16 +227,9 @@ class Stats:
                     v.extend(FRESH)
                 known.append((d, o, t, float(x)))
             if row[6]:
-                for metric, value in _numbers(row[6]):
-                    o = index.get(metric)
-                    if o is None:
-                        if len(names) >= cap:
-                            metrics.ERRORS.labels("stats_metric_dropped").inc()
-                            continue
-                        o = index[metric] = len(names)
-                        names.append(metric)
-                        v.extend(FRESH)
-                    extra.append((d, o, t, value))
+                before = len(names)
+                extra.extend((d, o, t, value) for o, value in _extra_samples(row[6], index, names, cap))
+                v.extend(FRESH * (len(names) - before))
         newest: dict[tuple[int, int], tuple[float, float]] = {}  # metric -> its newest outlier (x, z)
         ended: set[tuple[int, int]] = set()
         for d, o, t, x in known + extra:
@@ -287,15 +280,8 @@ class Stats:
                     names.append(metric)
                     batch.columns[d, m] = index[metric]
             if has_extra[i]:
-                for metric, value in _numbers(rows[i][6]):
-                    o = index.get(metric)
-                    if o is None:
-                        if len(names) >= cap:
-                            metrics.ERRORS.labels("stats_metric_dropped").inc()
-                            continue
-                        o = index[metric] = len(names)
-                        names.append(metric)
-                    out.append((d, o, float(ts[i]), value))
+                t = float(ts[i])
+                out.extend((d, o, t, value) for o, value in _extra_samples(rows[i][6], index, names, cap))
         return out
 
     async def _write(self, conn: asyncpg.Connection, batch: Batch) -> None:
@@ -398,6 +384,22 @@ def _spec(device: str, metric: str, value: float, z: float, mean: float, dev: fl
         f"{metric} {value:g} is {z:.1f} deviations from its average {mean:g}",
         {"value": value, "average": mean, "deviation": dev, "z": round(z, 3)},
     )
+
+
+def _extra_samples(extra: str, index: dict[str, int], names: list[str], cap: int) -> list[tuple[int, float]]:
+    """(metric index, value) of a row's extra numeric fields; names new to the device are added
+    while it has fewer than `cap` metrics (the rest are counted and dropped)."""
+    out = []
+    for metric, value in _numbers(extra):
+        o = index.get(metric)
+        if o is None:
+            if len(names) >= cap:
+                metrics.ERRORS.labels("stats_metric_dropped").inc()
+                continue
+            o = index[metric] = len(names)
+            names.append(metric)
+        out.append((o, value))
+    return out
 
 
 def _numbers(extra: str) -> list[tuple[str, float]]:
