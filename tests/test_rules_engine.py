@@ -407,3 +407,21 @@ async def test_two_replicas_sharing_a_device_fire_exactly_as_one(
             await asyncio.sleep(0.1)  # the other replica hears of a change at our commit
     points = [(T0, float(t), 0.0) for t in temperatures]
     assert len(await firings(rules_db, "hot")) == expected_edges(points) == 6
+
+
+async def test_resolving_removed_rules_alerts_waits_for_a_database_that_is_away(
+    tmp_path: Path, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Start-up with the database away must not fail on this clean-up: the next start or reload does it.
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from service.rules.active import ActiveRules
+    from tests.support.broker import free_port
+
+    engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none")
+    try:
+        rules = ActiveRules(str(write_rules(tmp_path / "rules.yaml", ns, FOR_RULES)), build_router(ns))
+        assert await rules._resolve_orphans(engine, rules.rules) == 0
+    finally:
+        await engine.dispose()
+    assert "open alerts of removed rules not resolved now" in caplog.text

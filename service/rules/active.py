@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.notify.outbox import Outbox
@@ -106,9 +108,14 @@ class ActiveRules:
         must read the same file: one with an older file would resolve the alerts of newer rules.)
         """
         names = [r.name for r in rules.rules if r.has_alert]
-        async with raw_connection(engine) as conn, conn.transaction():
-            orphans = [(r["device_id"], RULE_ALERT, r["key"]) for r in await conn.fetch(_ORPHANS, RULE_ALERT, names)]
-            resolved = await resolve_alerts(conn, self.outbox, orphans)
+        try:
+            async with raw_connection(engine) as conn, conn.transaction():
+                keys = [(r["device_id"], RULE_ALERT, r["key"]) for r in await conn.fetch(_ORPHANS, RULE_ALERT, names)]
+                resolved = await resolve_alerts(conn, self.outbox, keys)
+        except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
+            # A database away at start-up must not stop the service: the next start or reload does it.
+            log.warning("open alerts of removed rules not resolved now (database: %s)", exc.__class__.__name__)
+            return 0
         if resolved:
             log.info("resolved %d open alerts of rules no longer in force", resolved)
         return resolved
