@@ -416,14 +416,14 @@ class MqttTransport:
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      key: str | None = None, timeout: float = 10.0) -> None:  # fmt: skip
+                      timeout: float = 10.0) -> None:  # fmt: skip
         """Publish on the current connection; at QoS 1, return once the broker acknowledged it.
 
         Raises PublishError when not connected, when the connection is lost first, or when the
         broker refuses it, and TimeoutError without an answer in `timeout` seconds. Nothing is
         resent on a new connection: the caller (the notification outbox) retries.
         """
-        (error,) = await self.publish_many([(topic, payload, qos, retain, key)], timeout=timeout)
+        (error,) = await self.publish_many([(topic, payload, qos, retain, None)], timeout=timeout)
         if error is not None:
             raise error
 
