@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("-m", "--messages", type=int, default=200_000)
     p.add_argument("-n", "--devices", type=int, default=500)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants alone (no-rules is the baseline)")
     default_harness = os.environ.get("BENCH_HARNESS", driver.ROOT.parent / "shared/bench")
     p.add_argument("--harness", type=Path, default=Path(default_harness))
     args = p.parse_args()
@@ -84,10 +85,11 @@ def main() -> None:
     write_config(config)
     results = driver.STATE / "rules-results.jsonl"
     seen = len(results.read_text().splitlines()) if results.exists() else 0
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    chosen = args.only or list(VARIANTS)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     with driver.services(args.harness.resolve(), pg_port, mqtt_port):
         for round_no in range(args.rounds):
-            for name in VARIANTS:
+            for name in chosen:
                 print(f"\n## round {round_no + 1}: {name}", flush=True)
                 saved = sys.argv
                 sys.argv = ["run.py", "--config", str(config), "--results", str(results), "-m", str(args.messages),
@@ -112,15 +114,20 @@ def main() -> None:
                         runs[name].append(row)
                 seen = len(lines)
     print("\n# medians (rows/s: higher is better; CPU s of the service's process tree: lower is better)")
-    base = {k: statistics.median(r[k] for r in runs["no-rules"]) for k in ("rows_per_s", "cpu_s")}
+    baseline = runs.get("no-rules", [])
+    base = {k: statistics.median(r[k] for r in baseline) if baseline else 0.0 for k in ("rows_per_s", "cpu_s")}
+
+    def against(value: float, key: str) -> str:
+        return f"({value / base[key] - 1:+.1%})" if base[key] else "(no baseline)"
+
     for name, rows in runs.items():
         if not rows:
             print(f"{name:18} no good run")
             continue
         rate = statistics.median(r["rows_per_s"] for r in rows)
         cpu = statistics.median(r["cpu_s"] for r in rows)
-        print(f"{name:18} rows/s {rate:9.0f} ({rate / base['rows_per_s'] - 1:+.1%})   cpu_s {cpu:5.2f} "
-              f"({cpu / base['cpu_s'] - 1:+.1%})   runs {[round(r['rows_per_s']) for r in rows]} "
+        print(f"{name:18} rows/s {rate:9.0f} {against(rate, 'rows_per_s')}   cpu_s {cpu:5.2f} "
+              f"{against(cpu, 'cpu_s')}   runs {[round(r['rows_per_s']) for r in rows]} "
               f"cpu {[r['cpu_s'] for r in rows]}  lost {[r.get('lost') for r in rows]}")  # fmt: skip
 
 

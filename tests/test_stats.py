@@ -177,6 +177,62 @@ async def test_two_writers_on_the_same_device_count_exactly(db: asyncpg.Connecti
     assert await db.fetchval("SELECT count(*) FROM telemetry WHERE temperature IS NOT NULL") == 1800
 
 
+def reference(samples: Sequence[tuple[int, float]]) -> dict[str, Any]:
+    """observe() over these (second from T0, value) samples one by one, decoded as stored."""
+    p = Params()
+    v = fresh()
+    for second, x in samples:
+        us = float((T0 + timedelta(seconds=second) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
+        observe(v, 0, us, x, p, p.alpha)
+    return decode(["temperature"], struct.pack("<16d", *v))[0]
+
+
+def assert_figures(stored: dict[str, Any], want: dict[str, Any]) -> None:
+    assert stored.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, float):
+            assert math.isclose(stored[key], value, rel_tol=1e-12, abs_tol=1e-12), key
+        else:
+            assert stored[key] == value, key
+
+
+async def test_a_state_another_writer_moved_on_since_it_was_cached_is_folded_again(
+    db: asyncpg.Connection, engine: Any
+) -> None:
+    # `one` caches the row it wrote; `two` then moves the row on; `one`'s next batch must fold its
+    # samples into the row as `two` left it (a cache taken at its word would lose `two`'s 50).
+    values = stable(150)
+    one, two = writer(engine), writer(engine)
+    await write(one, series(values[:50]), per_batch=10_000)
+    await write(two, series(values[50:100], start=50), per_batch=10_000)
+    await write(one, series(values[100:], start=100), per_batch=10_000)
+    await write(one, series(stable(10, seed=9), start=150), per_batch=10_000)  # and on from there
+    await one.close()
+    await two.close()
+    assert_figures(await figures(db), reference(list(enumerate(values + stable(10, seed=9)))))
+
+
+async def test_a_rolled_back_batch_leaves_the_cache_no_state_to_trust(db: asyncpg.Connection, engine: Any) -> None:
+    # A batch whose transaction rolls back after its statistics were written (and cached): the next
+    # batch folds into the committed row, as if the rolled-back one had never been.
+    values = stable(150)
+    w = writer(engine)
+    await write(w, series(values[:50]), per_batch=10_000)
+    now = time.time()
+    batch = [Pending(InboundMessage(f"x/{DEVICE}/telemetry", b"{}", 1, False, now), [rec], "t")
+             for rec in series(values[50:100], start=50)]  # fmt: skip
+    tx = db.transaction()
+    await tx.start()
+    await w.write_in(db, batch)
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 100
+    await tx.rollback()
+    await write(w, series(values[100:], start=100), per_batch=10_000)
+    await w.close()
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 100
+    kept = [(i, x) for i, x in enumerate(values) if not 50 <= i < 100]
+    assert_figures(await figures(db), reference(kept))
+
+
 async def test_api_stats_over_mqtt(
     service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str
 ) -> None:

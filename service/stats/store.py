@@ -6,16 +6,27 @@ the fields). A message touches one row, not one per metric, and a row costs one 
 one to read (parameter arrays cost asyncpg about 0.17 µs a value: 16 floats per metric sent as
 arrays cost more than the statistics themselves).
 
-Two statements per batch with telemetry, whatever the number of devices:
+One statement per batch with telemetry in the steady state, two when a device is new to the process:
 
-1. LOCK: the stored rows of the batch's devices, locked in device_id order (two writers of the same
-   devices lock them in the same order: no deadlock). It runs after every other statement of the
-   batch, so a writer that holds stats rows waits for nothing but other stats rows (and the anomaly
-   alerts, which only holders of the device's stats row touch).
-2. WRITE: the new rows of the devices read (UPDATE; the names only when they grew, else NULL: kept)
-   and of new devices (INSERT, in device order). A row another writer created since step 1 (both
-   saw the device for the first time) is not overwritten: the statement reports it and the batch
-   is written again (StatsRaced), this time finding the row to lock.
+1. LOCK (only for a batch with a device this process holds no state of): the stored rows of all the
+   batch's devices, locked in device_id order (two writers of the same devices lock them in the
+   same order: no deadlock). It runs after every other statement of the batch, so a writer that
+   holds stats rows waits for nothing but other stats rows (and the anomaly alerts, which only
+   holders of the device's stats row touch).
+2. WRITE: the new rows of the devices (UPDATE; the names only when they grew, else NULL: kept) and
+   of new devices (INSERT, in device order). A row another writer created since step 1 (both saw
+   the device for the first time) is not overwritten: the statement reports it and the batch is
+   written again (StatsRaced), this time finding the row to lock.
+
+Without step 1 the states come from the process's cache: each row as this process last wrote it,
+with the row version's `xmin` (the id of the transaction that wrote it) returned by that write.
+WRITE then locks those rows itself, in device order, and updates only the ones whose `xmin` is
+still the cached one: a row is unchanged exactly when its version is the one we wrote, whatever
+happened since (a rolled-back batch's id is never a live row's xmin, so a cache entry of a batch
+that did not commit is simply stale). A row that another writer (a replica, a replay) changed is
+returned by WRITE as it is now, locked: its devices' samples are folded again from it and written
+by a second WRITE in the same transaction. A cached row that is gone (deleted) has the batch
+written again (StatsRaced), through step 1.
 
 In between, the batch's states are one NumPy matrix (a row per metric, decoded from the bytea
 rows in one piece) and its samples are folded into it by service/stats/fold.py: arrays over all
@@ -71,21 +82,35 @@ LOCK = """
 SELECT device_id, metrics, state FROM telemetry_stats WHERE device_id = ANY($1::text[]) ORDER BY device_id FOR UPDATE
 """
 
+# $5: per device the xmin of the cached row (NULL: locked by LOCK, or created); $6: the devices
+# with one, in order. Rows: each row written (device_id, its new xmin; NULL metrics) and each cached
+# row another writer changed (device_id, xmin, metrics, state as stored now, locked by `l`).
 WRITE = """
 WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bool[]) AS u(device_id, metrics, state, created)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bool[], $5::int8[])
+                  AS u(device_id, metrics, state, created, seen)
+), l AS MATERIALIZED (
+    SELECT device_id, xmin::text::int8 AS x, metrics, state FROM telemetry_stats
+    WHERE device_id = ANY($6::text[]) ORDER BY device_id FOR UPDATE
 ), up AS (
     UPDATE telemetry_stats s
     SET metrics = coalesce(string_to_array(u.metrics, chr(31)), s.metrics), state = u.state, updated_at = now()
-    FROM u WHERE NOT u.created AND s.device_id = u.device_id
+    FROM u LEFT JOIN l ON l.device_id = u.device_id
+    WHERE NOT u.created AND s.device_id = u.device_id AND (u.seen IS NULL OR l.x = u.seen)
+    RETURNING s.device_id, s.xmin::text::int8 AS x
 ), ins AS (
     INSERT INTO telemetry_stats (device_id, metrics, state)
     SELECT device_id, string_to_array(metrics, chr(31)), state FROM u WHERE u.created ORDER BY device_id
     ON CONFLICT (device_id) DO NOTHING
-    RETURNING 1
+    RETURNING device_id, xmin::text::int8 AS x
 )
-SELECT count(*) FROM ins
+SELECT device_id, x, NULL::text[] AS metrics, NULL::bytea AS state FROM up
+UNION ALL SELECT device_id, x, NULL, NULL FROM ins
+UNION ALL SELECT l.device_id, l.x, l.metrics, l.state FROM l JOIN u USING (device_id) WHERE l.x <> u.seen
 """
+
+# Devices whose rows the cache holds at most (each 128 bytes a metric): past it, it starts afresh.
+CACHE_DEVICES = 50_000
 
 # Little-endian float8s (array unpacks them faster than struct; the writer uses NumPy).
 # Batches of at most this many rows are folded sample by sample (Stats._fold_scalar).
@@ -118,6 +143,8 @@ class Stats:
         self.params = params or Params()
         self._alpha = self.params.alpha
         self._max_metrics = max_metrics
+        # device -> (metrics, state, xmin) as this process last wrote the row (see the module's docstring)
+        self._cache: dict[str, tuple[list[str], bytes, int]] = {}
 
     async def apply(self, conn: asyncpg.Connection, rows: Sequence[Sequence[Any]]) -> None:
         """Fold inserted telemetry rows (device_id, ts, temperature, humidity, voltage, memory_free,
@@ -125,9 +152,24 @@ class Stats:
         if not rows:
             return
         devices = sorted(set(map(_device, rows)))
-        batch = Batch(devices, await conn.fetch(LOCK, devices))
+        cache = self._cache
+        if all(d in cache for d in devices):
+            batch = Batch(devices, [(d, *cache[d][:2]) for d in devices], seen=[cache[d][2] for d in devices])
+        else:
+            batch = Batch(devices, await conn.fetch(LOCK, devices))
         opened, ended = self.fold(batch, rows)
-        await self._write(conn, batch)
+        changed = await self._write(conn, batch)
+        if changed:
+            # Another writer moved these rows on since we cached them: fold their samples again
+            # from the rows as they are now (locked by the WRITE).
+            again = {r[0] for r in changed}
+            opened = [a for a in opened if a.device_id not in again]
+            ended = [e for e in ended if e[0] not in again]
+            batch = Batch(sorted(again), sorted((r[0], r[2], r[3]) for r in changed))
+            more = self.fold(batch, [r for r in rows if r[0] in again])
+            opened += more[0]
+            ended = sorted([*ended, *more[1]])
+            await self._write(conn, batch)
         # Opened (or bumped) first, then ended: an anomaly that began and ended within the batch
         # is opened and resolved (both notified), as it would be over two batches.
         if opened:
@@ -284,19 +326,40 @@ class Stats:
                 out.extend((d, o, t, value) for o, value in _extra_samples(rows[i][6], index, names, cap))
         return out
 
-    async def _write(self, conn: asyncpg.Connection, batch: Batch) -> None:
-        created = batch.created
-        inserted = await conn.fetchval(WRITE, batch.devices, batch.changed_names(), batch.states, created)
-        if inserted != sum(created):
-            n = sum(created) - inserted
-            raise StatsRaced(f"{n} stats rows were created meanwhile by another writer")
+    async def _write(self, conn: asyncpg.Connection, batch: Batch) -> list[asyncpg.Record]:
+        """WRITE the batch's rows; returns the cached rows another writer changed (as stored now)."""
+        seen = batch.seen
+        hits = [d for d, x in zip(batch.devices, seen, strict=True) if x is not None]
+        result = await conn.fetch(WRITE, batch.devices, batch.changed_names(), batch.states, batch.created, seen, hits)
+        cache = self._cache
+        if len(cache) >= CACHE_DEVICES:
+            cache.clear()
+        slot = batch.slot
+        changed = []
+        for r in result:
+            d = r[0]
+            if r[3] is not None:
+                changed.append(r)
+                cache.pop(d, None)
+            else:
+                i = slot[d]
+                cache[d] = (batch.names[i], batch.states[i], r[1])
+        if len(result) != len(batch.devices):
+            # Rows created meanwhile by another writer, or cached rows that are gone: not written.
+            for d in batch.devices:
+                cache.pop(d, None)
+            n = len(batch.devices) - len(result)
+            raise StatsRaced(f"{n} stats rows were created or removed meanwhile by another writer")
+        return changed
 
 
 class Batch:
     """The stats rows of a batch's devices (in device order): names, states, and where each known
     metric is in them."""
 
-    def __init__(self, devices: list[str], stored: Sequence[Sequence[Any]]) -> None:
+    def __init__(
+        self, devices: list[str], stored: Sequence[Sequence[Any]], seen: Sequence[int | None] | None = None
+    ) -> None:
         self.devices = devices
         self.slot = {d: i for i, d in enumerate(devices)}
         if len(stored) != len(devices):  # new devices: rows to create (LOCK returns device order)
@@ -305,6 +368,8 @@ class Batch:
             self.created = [d not in found for d in devices]
         else:
             self.created = [False] * len(devices)
+        # Per device the xmin of the cached row the states come from (None: read and locked by LOCK).
+        self.seen: list[int | None] = list(seen) if seen is not None else [None] * len(devices)
         # The names as stored (asyncpg's lists): copied before a device's are extended (index()).
         self.names: list[list[str]] = [r[1] for r in stored]
         self.states: list[bytes] = [r[2] for r in stored]
