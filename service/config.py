@@ -329,11 +329,14 @@ def parse_critical_relays(value: str) -> list[tuple[str, int | None]]:
 
 
 def _redact(url: str) -> str:
-    """A URL without its user info, query or fragment (they may hold credentials)."""
+    """A URL without its user info, query or fragment, and of its path the first segment only:
+    they may hold credentials (Slack's and Discord's webhooks carry their token in the path)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    first, _, rest = parts.path.lstrip("/").partition("/")
+    path = f"/{first}/…" if rest else parts.path
+    return f"{parts.scheme}://{host}{port}{path}"
 
 
 redact_url = _redact

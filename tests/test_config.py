@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from service.config import Settings, SettingsError, load_settings
+from service.config import Settings, SettingsError, load_settings, redact_url
 
 
 def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -64,3 +64,9 @@ def test_stale_window_setting() -> None:
     assert load_settings(health_stale_after_seconds=0, _env_file=None).health_stale_after_seconds == 0
     with pytest.raises(SettingsError, match="HEALTH_STALE_AFTER_SECONDS"):
         load_settings(health_stale_after_seconds=-1, _env_file=None)
+
+
+def test_redacted_urls_keep_no_credentials() -> None:
+    assert redact_url("https://user:pw@hooks.slack.com/services/T0/B0/SECRET?x=1#f") == "https://hooks.slack.com/services/…"
+    assert redact_url("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080/hook"
+    assert redact_url("https://ops.example") == "https://ops.example"

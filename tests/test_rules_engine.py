@@ -235,7 +235,9 @@ async def test_relay_rules_are_per_relay(
     assert rule["parsed"]["if"] == "relay == 3 and state" and rule["parsed"]["for"] == "PT0S"
     assert {(s["device_id"], s["relay"], s["value"]) for s in rule["states"]} == {("PUMP_1", 3, True)}
     assert page["total"] == 2 and [f["relay"] for f in page["items"]] == [3, 3]
-    assert page["items"][0]["actions"] == [{"webhook": {"url": "https://ops.example/hooks/pumps"}}]
+    # Of a webhook's path only the first segment is shown: the rest may be its token.
+    assert page["items"][0]["actions"] == [{"webhook": {"url": "https://ops.example/hooks/…"}}]
+    assert "pumps" not in json.dumps(listed)
     assert missing.status_code == 404
 
 
