@@ -82,16 +82,16 @@ LOCK = """
 SELECT device_id, metrics, state FROM telemetry_stats WHERE device_id = ANY($1::text[]) ORDER BY device_id FOR UPDATE
 """
 
-# $5: per device the xmin of the cached row (NULL: locked by LOCK, or created); $6: the devices
-# with one, in order. Rows: each row written (device_id, its new xmin; NULL metrics) and each cached
-# row another writer changed (device_id, xmin, metrics, state as stored now, locked by `l`).
+# $5: per device the xmin of the cached row (NULL: locked by LOCK, or created); `l` locks those
+# rows. Rows: each row written (device_id, its new xmin; NULL metrics) and each cached row another
+# writer changed (device_id, xmin, metrics, state as stored now, locked by `l`).
 WRITE = """
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bool[], $5::int8[])
                   AS u(device_id, metrics, state, created, seen)
 ), l AS MATERIALIZED (
     SELECT device_id, xmin::text::int8 AS x, metrics, state FROM telemetry_stats
-    WHERE device_id = ANY($6::text[]) ORDER BY device_id FOR UPDATE
+    WHERE device_id = ANY(ARRAY(SELECT device_id FROM u WHERE seen IS NOT NULL)) ORDER BY device_id FOR UPDATE
 ), up AS (
     UPDATE telemetry_stats s
     SET metrics = coalesce(string_to_array(u.metrics, chr(31)), s.metrics), state = u.state, updated_at = now()
@@ -328,9 +328,7 @@ class Stats:
 
     async def _write(self, conn: asyncpg.Connection, batch: Batch) -> list[asyncpg.Record]:
         """WRITE the batch's rows; returns the cached rows another writer changed (as stored now)."""
-        seen = batch.seen
-        hits = [d for d, x in zip(batch.devices, seen, strict=True) if x is not None]
-        result = await conn.fetch(WRITE, batch.devices, batch.changed_names(), batch.states, batch.created, seen, hits)
+        result = await conn.fetch(WRITE, batch.devices, batch.changed_names(), batch.states, batch.created, batch.seen)
         cache = self._cache
         if len(cache) >= CACHE_DEVICES:
             cache.clear()
