@@ -372,8 +372,8 @@ def main() -> None:
             f"[sinks.autocore-base]\ndescription = {json.dumps(f'the service from {compare}')}\n"
             f"cwd = {json.dumps(str(compare))}\nstart = {json.dumps(start)}\n"
             f"ready_cmd = {json.dumps(entry['ready_cmd'].replace('.venv/bin/python', venv_py))}\n"
-            + "".join(f"{k} = {json.dumps(entry[k])}\n" for k in ("ready_timeout", "setup_sql", "reset_sql",
-                                                                    "count_sql", "final_sql", "rows_sql"))
+            + "".join(f"{k} = {json.dumps(entry[k])}\n" for k in ("wait_subscription", "ready_timeout", "setup_sql",
+                                                                    "reset_sql", "count_sql", "final_sql", "rows_sql"))
             + "[sinks.autocore-base.env]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry["env"].items())
         )  # fmt: skip
         extra = ["--config", str(STATE / "compare.toml")]

@@ -259,6 +259,19 @@ async def test_api_stats_over_mqtt(
         assert (await c.get("/devices/nope/stats")).status_code == 404
 
 
+async def test_a_batch_whose_copy_fails_counts_only_what_it_stored(db: asyncpg.Connection, engine: Any) -> None:
+    # A batch of a device whose state is cached, half of it stored already (a redelivery mixed with
+    # new samples): its COPY fails, the batch is written again with ON CONFLICT, and only the 50
+    # samples stored then are counted, not the 100 the COPY would have stored.
+    values = stable(150)
+    w = writer(engine)
+    await write(w, series(values[:100]), per_batch=10_000)
+    await write(w, series(values[50:], start=50), per_batch=10_000)
+    await w.close()
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 150
+    assert_figures(await figures(db), reference(list(enumerate(values))))
+
+
 async def test_stored_figures_equal_observe_as_metrics_appear(db: asyncpg.Connection, engine: Any) -> None:
     # The writer's path (NumPy over the batch, names written only when they grow) against
     # observe() sample by sample: devices gain humidity, then an extra field, in later batches;

@@ -1,0 +1,95 @@
+"""The writer's time per batch with statistics on, against a real PostgreSQL: what a batch costs on
+the writer's critical path (its transaction, COPY to commit), in the steady state the referee's
+telemetry scenario reaches (batches of 8 000 rows from 500 devices whose stats rows are cached).
+
+    .venv/bin/python bench/writer_stats.py [--batches 40] [--off]
+
+It makes its own database (as the tests do: TEST_PG_ADMIN_URL, default the PostgreSQL on
+127.0.0.1:5432) and drops it. `--off` runs the same batches with statistics off: the difference
+is the statistics' share of the critical path. For a before/after comparison of the service's code, run it with
+PYTHONPATH=<other checkout> (it prints which checkout's `service` it imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+# The checkout's root, for tests.support: after PYTHONPATH's entries (another checkout's service
+# wins) and before site-packages (which may hold a `tests` package of its own).
+sys.path.insert(1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+                str(Path(__file__).resolve().parents[1]))  # fmt: skip
+
+from alembic import command
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import service
+from service.mqtt.message import InboundMessage
+from service.notify.outbox import Outbox
+from service.records import TelemetryRecord
+from service.stats.ewma import Params
+from service.stats.store import Stats
+from service.storage.migrate import alembic_config
+from service.storage.writer import BatchWriter, Pending
+from tests.support.database import temporary_database
+
+DEVICES, BATCH, WARM = 500, 8000, 5
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def batch(n: int, r: random.Random) -> list[Pending]:
+    now = time.time()
+    out = []
+    for i in range(BATCH):
+        k = n * BATCH + i
+        device = f"W{k % DEVICES:04d}"
+        ts = T0 + timedelta(milliseconds=k)
+        rec = TelemetryRecord(device, ts, 20 + r.gauss(0, 0.5), 50 + r.gauss(0, 1), 3.3, 120_000, None, now)
+        out.append(Pending(InboundMessage(f"autocore/{device}/telemetry", b"{}", 1, False, now), [rec], "telemetry"))
+    return out
+
+
+async def run(url: str, batches: int, stats_on: bool) -> list[float]:
+    engine = create_async_engine(url)
+    stats = Stats(Outbox(), Params()) if stats_on else None
+    writer = BatchWriter(engine, batch_size=BATCH, linger=0, stats=stats)
+    r = random.Random(1)
+    times = []
+    try:
+        for n in range(batches + WARM):
+            for p in batch(n, r):
+                writer.add(p)
+            t = time.perf_counter()
+            await writer.flush_once()
+            if n >= WARM:
+                times.append(time.perf_counter() - t)
+    finally:
+        await writer.close()
+        await engine.dispose()
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--off", action="store_true", help="statistics off")
+    args = p.parse_args()
+    print(f"# service from {Path(service.__file__).parent.parent}; statistics {'off' if args.off else 'on'}")
+    with temporary_database("autocore_writer_stats") as url:
+        async_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        command.upgrade(alembic_config(async_url), "head")
+        times = asyncio.run(run(async_url, args.batches, not args.off))
+    ms = sorted(t * 1000 for t in times)
+    print(f"{len(ms)} batches of {BATCH} rows ({DEVICES} devices): median {statistics.median(ms):.1f} ms, "
+          f"mean {statistics.fmean(ms):.1f} ms, p90 {ms[int(len(ms) * 0.9)]:.1f} ms per batch")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
