@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from service.routes import build_router
 from service.routing.router import OWN_TOPIC
+from service.rules.queries import FIRING_STATUS
 from tests.conftest import ServiceFactory, eventually
 from tests.support.broker import Broker
 from tests.support.publisher import Publisher
@@ -130,7 +131,7 @@ async def processed(svc: Any, n: int) -> None:
 
 
 async def firings_done(db: asyncpg.Connection, n: int) -> None:
-    await eventually(lambda: db.fetchval("SELECT count(*) = $1 FROM rule_firings WHERE status = 'done'", n),
+    await eventually(lambda: db.fetchval(f"SELECT count(*) = $1 FROM rule_firings f WHERE {FIRING_STATUS} = 'done'", n),
                      timeout=20)  # fmt: skip
 
 
@@ -256,7 +257,8 @@ async def test_an_action_that_gives_up_fails_its_firing(
     receiver.down = True
     async with service(rules_file=rules_file(tmp_path, ns, receiver.url), notify_max_age_seconds=0.5, **FAST) as svc:
         publisher.publish(f"{ns}/PUMP_1/relay/3/status", {"state": True})
-        await eventually(lambda: db.fetchval("SELECT count(*) FROM rule_firings WHERE status = 'failed'"), timeout=10)
+        failed = f"SELECT count(*) FROM rule_firings f WHERE {FIRING_STATUS} = 'failed'"
+        await eventually(lambda: db.fetchval(failed), timeout=10)
         (firing,) = (await svc.client.get("/rules/pump-on/firings")).json()["items"]
     assert firing["status"] == "failed"
     assert firing["deliveries"][0]["status"] == "failed" and "HTTP 503" in firing["deliveries"][0]["last_error"]
@@ -334,5 +336,5 @@ rules:
     assert [(r["target"], r["body"], r["status"]) for r in rows] == [
         ("x/ops/set", "ON", "pending"), ("x/a/+/b/set", "ON", "failed")]  # fmt: skip
     assert "not a topic name" in rows[1]["last_error"]
-    firings = await db.fetch("SELECT relay, status FROM rule_firings ORDER BY relay")
+    firings = await db.fetch(f"SELECT relay, {FIRING_STATUS} AS status FROM rule_firings f ORDER BY relay")
     assert [(f["relay"], f["status"]) for f in firings] == [(0, "pending"), (1, "failed")]

@@ -9,8 +9,9 @@
   postpones the rest of its channel's page (one group per broker, per webhook URL); other groups go
   on. Retries back off exponentially (capped) and end NOTIFY_MAX_AGE_SECONDS after the row was
   written: then it is marked failed and counted.
-* Per page one pooled connection and three statements (claim, mark, settle); rows past their age
-  are never claimed, and are marked failed at most once per poll interval.
+* Per page one pooled connection and two statements (claim, mark); rows past their age are never
+  claimed, and are marked failed at most once per poll interval. A rule firing's status is read
+  off its rows (service/rules/queries.py): nothing else to settle.
 * It reads pages from the table, never an in-memory queue: a dead webhook costs a row update per
   retry, not memory, and it runs on its own task and connection, off the ingestion path.
 """
@@ -40,7 +41,7 @@ EXPIRE = """
 UPDATE notifications SET status = 'failed', next_attempt_at = now(),
        last_error = coalesce(last_error, 'never delivered') || ' (gave up: older than NOTIFY_MAX_AGE_SECONDS)'
 WHERE status = 'pending' AND next_attempt_at <= now() AND created_at < now() - make_interval(secs => $1)
-RETURNING channel, firing_id
+RETURNING channel
 """
 
 # Rows claimed by a sender that stopped before it finished with them: due again at once.
@@ -52,19 +53,10 @@ UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $2), 
 WHERE n.id IN (SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= now()
                  AND created_at >= now() - make_interval(secs => $3)
                ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING n.id, n.event_id, n.channel, n.target, n.body, n.attempts, n.qos, n.retain, n.firing_id
+RETURNING n.id, n.event_id, n.channel, n.target, n.body, n.attempts, n.qos, n.retain
 """
 
 MARK_SENT = "UPDATE notifications SET status = 'sent', sent_at = now() WHERE id = ANY($1::int8[])"
-
-# A rule firing whose outbox rows are all over: done, or failed if one of them gave up. Run after the
-# rows' own update committed, so of two senders finishing rows of one firing the later sees both.
-SETTLE_FIRINGS = """
-UPDATE rule_firings f SET status = CASE WHEN s.failed THEN 'failed' ELSE 'done' END
-FROM (SELECT firing_id, bool_or(status = 'failed') AS failed FROM notifications
-      WHERE firing_id = ANY($1::int8[]) GROUP BY firing_id HAVING bool_and(status <> 'pending')) s
-WHERE f.id = s.firing_id AND f.status = 'pending'
-"""
 
 MARK_FAILED = """
 UPDATE notifications n
@@ -73,7 +65,7 @@ SET last_error = u.error,
     next_attempt_at = now() + make_interval(secs => u.delay)
 FROM unnest($1::int8[], $2::text[], $3::float8[]) AS u(id, error, delay)
 WHERE n.id = u.id
-RETURNING n.channel, n.status, n.firing_id
+RETURNING n.channel, n.status
 """
 
 
@@ -155,7 +147,6 @@ class Sender:
                 expired = await conn.fetch(EXPIRE, self.max_age)
                 for r in expired:
                     metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
-                await _settle(conn, [r["firing_id"] for r in expired])
             rows = await conn.fetch(CLAIM, self.page, self.lease, self.max_age)
             if not rows:
                 return 0
@@ -174,16 +165,13 @@ class Sender:
                 failed.extend(bad)
             if sent:
                 await conn.execute(MARK_SENT, sent)
-            gave_up: list[int | None] = []
             if failed:
                 result = await conn.fetch(MARK_FAILED, *[list(c) for c in zip(*failed, strict=True)], self.max_age)
                 for r in result:
                     metrics.NOTIFICATION_ATTEMPTS_FAILED.labels(r["channel"]).inc()
                     if r["status"] == "failed":
                         metrics.NOTIFICATIONS_FAILED.labels(r["channel"]).inc()
-                        gave_up.append(r["firing_id"])
             done = set(sent)
-            await _settle(conn, [r["firing_id"] for r in rows if r["id"] in done] + gave_up)
         self._claimed = set()
         by_channel: dict[str, int] = defaultdict(int)
         for r in rows:
@@ -225,10 +213,3 @@ class Sender:
         for r in rows[pos:]:
             failed.append((r["id"], down or "not sent", self.backoff(r["attempts"])))
         return sent, failed
-
-
-async def _settle(conn: asyncpg.Connection, firing_ids: list[int | None]) -> None:
-    """Rule firings whose actions are all over get their final status (none when no row was a rule's)."""
-    ids = sorted({i for i in firing_ids if i is not None})
-    if ids:
-        await conn.execute(SETTLE_FIRINGS, ids)

@@ -61,17 +61,17 @@ WITH updated AS (
                 $7::timestamptz[]) AS u(r, d, i, v, c, s, f)
     WHERE s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
 ), f AS (
-    INSERT INTO rule_firings (rule, device_id, relay, since, ts, severity, actions, context, status)
+    INSERT INTO rule_firings (rule, device_id, relay, since, ts, severity, actions, context)
     SELECT * FROM unnest($8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::timestamptz[], $13::text[],
-                         $14::jsonb[], $15::jsonb[], $16::text[])
+                         $14::jsonb[], $15::jsonb[])
     ON CONFLICT (rule, device_id, relay, since) DO NOTHING
     RETURNING id, rule, device_id, relay, since, ts, severity, context
 ), a AS (
     SELECT f.id, f.rule, f.device_id, f.relay, f.since, f.ts, f.severity, f.context,
            u.idx, u.channel, u.target, u.body, u.qos, u.retain, u.error,
            md5('autocore-rule-action:' || f.id || ':' || u.idx)::uuid AS event_id
-    FROM unnest($17::text[], $18::text[], $19::int4[], $20::timestamptz[], $21::int4[], $22::text[], $23::text[],
-                $24::text[], $25::int2[], $26::bool[], $27::text[])
+    FROM unnest($16::text[], $17::text[], $18::int4[], $19::timestamptz[], $20::int4[], $21::text[], $22::text[],
+                $23::text[], $24::int2[], $25::bool[], $26::text[])
          AS u(rule, device_id, relay, since, idx, channel, target, body, qos, retain, error)
     JOIN f ON f.rule = u.rule AND f.device_id = u.device_id AND f.relay = u.relay AND f.since = u.since
 ), n AS (
@@ -87,7 +87,7 @@ WITH updated AS (
     ON CONFLICT (event_id, channel, target) DO NOTHING
     RETURNING 1
 ), p AS (
-    SELECT count(pg_notify($28 || ':' || current_schema(), x)) AS announced FROM unnest($29::text[]) AS x
+    SELECT count(pg_notify($27 || ':' || current_schema(), x)) AS announced FROM unnest($28::text[]) AS x
 )
 SELECT f.rule, f.device_id, f.relay, f.since, (SELECT count(*) FROM n) AS notified FROM p LEFT JOIN f ON true
 """
@@ -115,12 +115,10 @@ class Firing(NamedTuple):
     actions: list[dict[str, Any]]  # rendered
     context: dict[str, Any]
 
-    def row(self, outbox_rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-        # An alert is done in the batch; the sender settles the rest (service/notify/sender.py).
-        errors = [r[-1] for r in outbox_rows]
-        status = "done" if not errors else "failed" if all(errors) else "pending"
+    def row(self) -> tuple[Any, ...]:
+        # Its status is read off its outbox rows (service/rules/queries.py): nothing to settle later.
         return (self.rule.name, self.device_id, self.relay, self.since, self.ts, self.rule.severity,
-                json.dumps(self.actions), json.dumps(self.context), status)  # fmt: skip
+                json.dumps(self.actions), json.dumps(self.context))  # fmt: skip
 
     def outbox_rows(self) -> list[tuple[Any, ...]]:
         """(rule, device, relay, since, index, channel, target, body, qos, retain, error) per publish
@@ -209,12 +207,11 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
     changed = [(*k, s.value, s.changed_at, s.since, s.fired_at) for k, s in current.items() if s.changed]
     if not changed:
         return
-    per_firing = [f.outbox_rows() for f in firings]
-    actions = [row for rows in per_firing for row in rows]
-    fired = [f.row(rows) for f, rows in zip(firings, per_firing, strict=True)]
+    actions = [row for f in firings for row in f.outbox_rows()]
+    fired = [f.row() for f in firings]
     # Announced at commit (and never if we roll back): other replicas' caches learn of it.
     announce = peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed}))
-    result = await conn.fetch(WRITE, *_columns(changed, 7), *_columns(fired, 9), *_columns(actions, 11),
+    result = await conn.fetch(WRITE, *_columns(changed, 7), *_columns(fired, 8), *_columns(actions, 11),
                               peers.CHANNEL, announce)  # fmt: skip
     inserted = [r for r in result if r["rule"] is not None]
     if outbox is None:

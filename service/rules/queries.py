@@ -18,10 +18,17 @@ _STATES = """
 SELECT rule, device_id, relay, value, changed_at, since, fired_at FROM rule_state
 WHERE rule = ANY(:names) AND changed_at IS NOT NULL ORDER BY rule, device_id, relay LIMIT :limit
 """
-_FIRINGS = """
-SELECT id, rule, device_id, relay, since, ts, severity, actions, context, status, recorded_at FROM rule_firings
-WHERE rule = :rule AND (CAST(:device AS text) IS NULL OR device_id = :device)
-ORDER BY id DESC LIMIT :limit OFFSET :offset
+# A firing's status (of `rule_firings f`), read off its outbox rows so that it is never behind them:
+# pending while one is, then failed if one gave up, else done (at once without any: an alert only).
+FIRING_STATUS = """(SELECT CASE WHEN bool_or(n.status = 'pending') THEN 'pending'
+                        WHEN bool_or(n.status = 'failed') THEN 'failed' ELSE 'done' END
+                   FROM notifications n WHERE n.firing_id = f.id)"""
+_FIRINGS = f"""
+SELECT f.id, f.rule, f.device_id, f.relay, f.since, f.ts, f.severity, f.actions, f.context,
+       {FIRING_STATUS} AS status, f.recorded_at
+FROM rule_firings f
+WHERE f.rule = :rule AND (CAST(:device AS text) IS NULL OR f.device_id = :device)
+ORDER BY f.id DESC LIMIT :limit OFFSET :offset
 """
 _FIRINGS_TOTAL = (
     "SELECT count(*) FROM rule_firings WHERE rule = :rule AND (CAST(:device AS text) IS NULL OR device_id = :device)"

@@ -302,8 +302,9 @@ class RuleState(Base):
 
 
 class RuleFiring(Base):
-    """A rule firing with its rendered actions; `pending` until the outbox has carried out its publish and
-    webhook actions (`done`, or `failed` when one gave up), `done` at once when it has none."""
+    """A rule firing with its rendered actions. Its status is read off its outbox rows
+    (notifications.firing_id; service/rules/queries.py): `pending` until the publish and webhook
+    actions are carried out, then `done`, or `failed` when one gave up; `done` when it has none."""
 
     __tablename__ = "rule_firings"
 
@@ -316,13 +317,11 @@ class RuleFiring(Base):
     severity: Mapped[str] = mapped_column(Text)
     actions: Mapped[list[dict[str, object]]] = mapped_column(JSONB)
     context: Mapped[dict[str, object]] = mapped_column(JSONB)
-    status: Mapped[str] = mapped_column(Text, server_default="pending")
     recorded_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
 
     __table_args__ = (
         Index(None, "rule", "device_id", "relay", "since", unique=True),
         Index(None, "rule", "id"),
-        Index(None, "status", "id"),
     )
 
 
