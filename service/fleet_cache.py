@@ -13,9 +13,9 @@
   timeouts, an accept) are read again from the database right after the commit, by one task, in
   commit order, one query per batch that has such devices: their devices rows only (their
   relays and telemetry of this process's commits are mirrored from the batch; reading those again
-  too cost the mixed scenario 5 % of the service's CPU, and a telemetry probe per device). Rows read merge monotonically
-  (last_seen, telemetry and relays only move forward), so a read that raced a later commit never
-  moves the cache backwards.
+  too cost the mixed scenario 5 % of the service's CPU, and a telemetry probe per device). Rows
+  read merge monotonically (last_seen, telemetry and relays only move forward), so a read that
+  raced a later commit never moves the cache backwards.
 * Bounded: at most FLEET_CACHE_MAX_DEVICES devices, each with its device row, its newest
   telemetry row and at most `MAX_RELAYS` relays (about 1 KB a device with 8 relays). A fleet
   beyond the bound makes the list unanswerable from the cache (503, not a partial list); a device
