@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from service.mqtt.message import InboundMessage
 from service.records import TelemetryRecord
-from service.storage.writer import Pending
+from service.storage.writer import Committed, Pending
 from service.web.filters import StreamFilter
 from service.web.hub import EventHub
 
@@ -49,9 +49,10 @@ async def run(work: list[list[Pending]], clients: int, max_rate: float) -> tuple
     readers = [c for c in subscribed if c is not None]
     for c in readers:
         await c.next_chunk()  # the hello
+    committed = [Committed.of(batch) for batch in work]
     started = time.process_time()
     delivered = 0
-    for batch in work:
+    for batch in committed:
         hub.observe(batch)
         while hub._inbox:  # what the hub's task does, inline
             hub._fan_out(hub._inbox.popleft())

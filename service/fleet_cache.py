@@ -1,11 +1,12 @@
 """The fleet's current state in memory, from what this process committed: answers while the database is away.
 
 * Filled from the database at start (`load()`), then fed by the writer's after-commit hook
-  (`BatchWriter.observe`). What is cheap and certain is applied from the committed batch with the
-  rules of the statements that wrote it: a device's last_seen moves on as the writer's touch moves
-  it (at most once per DEVICE_LAST_SEEN_RESOLUTION, the writer's coalescing mirrored here), a
-  relay takes only a newer change, the latest telemetry row is the one with the newest timestamp
-  (the first stored of equal ones). Times are the microseconds `to_timestamp()` stores.
+  (`BatchWriter.observe`), which hands over the batch's records as the writer grouped and stored
+  them. What is cheap and certain is applied from them with the rules of the statements that wrote
+  them: a device's last_seen moves on with the writer's touches (the commit's own list, so at most
+  once per DEVICE_LAST_SEEN_RESOLUTION), a relay takes only a newer change, the latest telemetry
+  row is the one with the newest timestamp (the first stored of equal ones). Times are the
+  microseconds `to_timestamp()` stores.
 * A device's liveness state (online, why, status fields, review state) is decided by the fleet
   watch against the locked row (service/watch/liveness.py): wills, retained messages, revivals and
   timeouts. The cache does not guess it: the devices whose state a commit may have changed (a
@@ -37,18 +38,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.records import DeadLetterRecord, RelayRecord, StatusRecord, TelemetryRecord
 from service.storage import statements as sql
 from service.storage.pgtime import from_micros, micros_of, pg_micros
-from service.storage.writer import Pending
+from service.storage.writer import Committed
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 MAX_RELAYS = 64
-# The writer forgets what last_seen it wrote past this many devices (writer._MAX_LAST_SEEN_CACHE);
-# the mirror of its coalescing must forget at the same moment.
-_WRITER_LAST_SEEN_LIMIT = 200_000
 _BACKLOG_LIMIT = 10_000  # batches kept while loading; beyond, the load starts over
 _LOAD_RETRY = 5.0
 
@@ -123,7 +120,6 @@ class FleetCache:
         self,
         *,
         max_devices: int,
-        last_seen_resolution: float,
         engine: AsyncEngine | None = None,
         on_connectivity: Callable[[dict[str, Any]], None] = lambda _row: None,
     ) -> None:
@@ -135,13 +131,10 @@ class FleetCache:
         self._stale: set[str] = set()  # devices to read again from the database
         self._refresher: asyncio.Task[None] | None = None
         self._refresh_failing = False
-        self._resolution = last_seen_resolution
         self._devices: dict[str, _Device] = {}
         self._complete = True  # every device of the database is here
         self.loaded = False
         self.as_of: float | None = None  # epoch seconds of the newest commit applied (or of the load)
-        # The writer's last_seen memory, mirrored: which devices it will touch in the next batch.
-        self._written: dict[str, float] = {}
         self._backlog: list[tuple[sql.Grouped, list[tuple[str, float]]]] | None = []
         self._restart_load = False
         self._task: asyncio.Task[None] | None = None
@@ -289,36 +282,17 @@ class FleetCache:
 
     # -- the after-commit hook -----------------------------------------------------------------
 
-    def observe(self, batch: list[Pending]) -> None:
+    def observe(self, committed: Committed) -> None:
         """`BatchWriter.observe` hook: apply a committed batch (a few dictionary updates per message)."""
-        g = _group(batch)
-        touches = self._mirror_touches(g)
         self.as_of = time.time()
         backlog = self._backlog
         if backlog is not None:  # still loading
             if len(backlog) >= _BACKLOG_LIMIT:
                 backlog.clear()
                 self._restart_load = True
-            backlog.append((g, touches))
+            backlog.append((committed.records, committed.touched))
             return
-        self._apply(g, touches)
-
-    def _mirror_touches(self, g: sql.Grouped) -> list[tuple[str, float]]:
-        """BatchWriter._touches and its bookkeeping, step for step."""
-        status = {s.device_id for s in g.status}
-        written = self._written
-        out = []
-        for device, seen in g.seen.items():
-            if device in status:
-                continue
-            before = written.get(device)
-            if before is None or seen - before >= self._resolution:
-                out.append((device, seen))
-        for device, seen in out:
-            written[device] = seen
-        if len(written) > _WRITER_LAST_SEEN_LIMIT:
-            written.clear()
-        return out
+        self._apply(committed.records, committed.touched)
 
     def _device(self, device_id: str, seen: int) -> _Device | None:
         d = self._devices.get(device_id)
@@ -441,27 +415,6 @@ class FleetCache:
     @property
     def size(self) -> int:
         return len(self._devices)
-
-
-def _group(batch: list[Pending]) -> sql.Grouped:
-    """sql.group() for what the cache uses (statuses, telemetry, relays, who was seen when), in one pass."""
-    g = sql.Grouped()
-    seen, status, telemetry, relays = g.seen, g.status, g.telemetry, g.relays
-    for p in batch:
-        received_at = p.message.received_at
-        for rec in p.records:
-            if isinstance(rec, TelemetryRecord):
-                telemetry.append(rec)
-            elif isinstance(rec, DeadLetterRecord):
-                continue
-            elif isinstance(rec, StatusRecord):
-                status.append(rec)
-            elif isinstance(rec, RelayRecord):
-                relays.append(rec)
-            device = rec.device_id
-            if received_at > seen.get(device, 0.0):
-                seen[device] = received_at
-    return g
 
 
 def _loaded_telemetry(r: Any) -> tuple[Any, ...]:

@@ -15,15 +15,20 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import attrgetter
+from typing import cast
 
 from service import metrics
 from service.mqtt.message import InboundMessage
 from service.pipeline import Pipeline
 from service.records import DeadLetterRecord
-from service.storage.writer import BatchWriter, Pending
+from service.storage.writer import BatchWriter, Committed, Pending
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+_message_of = attrgetter("message")
+_route_of = attrgetter("route")
 
 
 @dataclass
@@ -117,19 +122,22 @@ class Ingestor:
             metrics.LAST_MESSAGE.set(self.stats.last_message_time)
             metrics.IN_FLIGHT.set(self.in_flight)
 
-    def _committed(self, batch: list[Pending]) -> None:
-        sent = self._ack([p.message for p in batch])
-        # Counted per batch, not per message: one pass, then one increment per label.
-        received: Counter[str | None] = Counter()
-        stored: Counter[str] = Counter()
+    def _committed(self, committed: Committed) -> None:
+        batch = committed.messages
+        sent = self._ack(list(map(_message_of, batch)))
+        # Counted per batch, not per message: C-level passes, then one increment per label.
+        received: Counter[str | None] = Counter(map(_route_of, batch))
         dead: Counter[str] = Counter()
-        for p in batch:
-            received[p.route] += 1
-            first = p.records[0] if p.records else None
-            if type(first) is DeadLetterRecord:
-                dead[first.stage] += 1
-            elif p.route is not None:
-                stored[p.route] += 1
+        if committed.records.dead:
+            stored: Counter[str] = Counter()
+            for p in batch:
+                first = p.records[0] if p.records else None
+                if type(first) is DeadLetterRecord:
+                    dead[first.stage] += 1
+                elif p.route is not None:
+                    stored[p.route] += 1
+        else:  # every message stored (a message without a route is a dead letter)
+            stored = cast("Counter[str]", received)
         for route, n in received.items():
             metrics.MESSAGES_RECEIVED.labels(route or "unrouted").inc(n)
             self.stats.per_route[route or "unrouted"] += n

@@ -36,7 +36,7 @@ from service.rules.loader import RulesError
 from service.stats.build import build_stats
 from service.storage.db import create_engine, ping
 from service.storage.migrate import upgrade_to_head
-from service.storage.writer import BatchWriter, Pending
+from service.storage.writer import BatchWriter, Committed
 from service.watch.liveness import Watch
 from service.watch.sweep import Sweeper
 from service.web.hub import EventHub
@@ -156,7 +156,6 @@ class Runtime:
         if settings.fleet_cache_max_devices:
             fleet = FleetCache(
                 max_devices=settings.fleet_cache_max_devices,
-                last_seen_resolution=settings.device_last_seen_resolution,
                 engine=engine,
                 on_connectivity=events.device_changed,
             )
@@ -343,7 +342,7 @@ class _WakeSender:
         self._outbox = outbox
         self._sender = sender
 
-    def __call__(self, _batch: list[Pending]) -> None:
+    def __call__(self, _committed: Committed) -> None:
         if self._outbox.take_written():
             self._sender.wake()
 

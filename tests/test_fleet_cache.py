@@ -190,9 +190,9 @@ async def test_broker_down_says_so_in_fresh_answers(
 def test_bounded_cache_refuses_rather_than_answers_partially() -> None:
     from service.mqtt.message import InboundMessage
     from service.records import RelayRecord, TelemetryRecord
-    from service.storage.writer import Pending
+    from service.storage.writer import Committed, Pending
 
-    fleet = FleetCache(max_devices=2, last_seen_resolution=1.0)
+    fleet = FleetCache(max_devices=2)
     fleet.loaded, fleet._backlog = True, None
 
     def msg(t: float) -> InboundMessage:
@@ -201,7 +201,7 @@ def test_bounded_cache_refuses_rather_than_answers_partially() -> None:
     batch = [Pending(msg(100.0 + i), [TelemetryRecord(f"d{i}", T0, 1.0, None, None, None, json.dumps({"a": 1.0}),
                                                       100.0 + i)], "telemetry") for i in range(3)]  # fmt: skip
     batch += [Pending(msg(101.0), [RelayRecord("d0", i, T0, True, None, 101.0)], "relay") for i in range(70)]
-    fleet.observe(batch)
+    fleet.observe(Committed.of(batch))
     assert fleet.size == 2
     import pytest
 

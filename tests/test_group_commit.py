@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service.mqtt.message import InboundMessage
 from service.records import Record, RelayRecord, TelemetryRecord
 from service.storage import statements as sql
-from service.storage.writer import BatchWriter, Pending
+from service.storage.writer import BatchWriter, Committed, Pending
 from tests.conftest import eventually
 
 RECEIVED = 1_738_022_400.123456
@@ -37,7 +37,7 @@ async def writer(database_url: str) -> AsyncIterator[tuple[BatchWriter, list[int
     engine = create_async_engine(database_url)
     w = BatchWriter(engine, batch_size=20, linger=0.0)
     batches: list[int] = []
-    w.observe(lambda batch: batches.append(len(batch)))
+    w.observe(lambda committed: batches.append(len(committed.messages)))
     task = asyncio.create_task(w.run())
     try:
         yield w, batches
@@ -129,3 +129,30 @@ async def test_redelivered_rows_and_refused_values_on_the_binary_path(
     dead = await db.fetchrow("SELECT topic, stage, error_message FROM dead_letters")
     assert (dead["topic"], dead["stage"]) == ("t/x/telemetry-refused", "storage")
     assert "invalid input for telemetry" in dead["error_message"]
+
+
+async def test_observers_get_the_records_and_touches_the_commit_wrote(
+    writer: tuple[BatchWriter, list[int]], db: asyncpg.Connection
+) -> None:
+    w, _batches = writer
+    seen: list[Committed] = []
+    w.observe(seen.append)
+    w.add_many([pending([reading(0, device="D1")]), pending([reading(1, device="D2")])])
+    await eventually(lambda: len(seen) == 1)
+    first = seen[0]
+    assert [r.device_id for r in first.records.telemetry] == ["D1", "D2"] and not first.records.dead
+    assert sorted(d for d, _ in first.touched) == ["D1", "D2"]
+    # Within DEVICE_LAST_SEEN_RESOLUTION of the last touch: stored, last_seen left alone.
+    w.add(pending([reading(2, device="D1")]))
+    await eventually(lambda: len(seen) == 2)
+    assert [r.ts for r in seen[1].records.telemetry] == [reading(2).ts] and seen[1].touched == []
+    # A batch split around a refused message: the records as stored (its dead letter), every touch.
+    w.add_many([pending([reading(3, device="D3")]), pending([reading(4, device="D4", memory_free=2**63)]),
+                pending([reading(5, device="D5")])])  # fmt: skip
+    await eventually(lambda: len(seen) == 3)
+    split = seen[2]
+    assert [r.device_id for r in split.records.telemetry] == ["D3", "D5"]
+    assert [d.stage for d in split.records.dead] == ["storage"]
+    assert sorted(d for d, _ in split.touched) == ["D3", "D5"]
+    stored = await db.fetch("SELECT device_id FROM devices ORDER BY device_id")
+    assert [r["device_id"] for r in stored] == ["D1", "D2", "D3", "D5"]

@@ -21,7 +21,8 @@ import pytest
 
 from service.mqtt.message import InboundMessage
 from service.records import StatusRecord
-from service.storage.writer import Pending
+from service.storage.statements import Grouped
+from service.storage.writer import Committed, Pending
 from service.web.filters import StreamFilter, topic_matcher
 from service.web.hub import EventHub
 from tests.conftest import eventually
@@ -72,14 +73,14 @@ def test_mqtt_filters_match_as_mqtt_says() -> None:
 
 async def test_nothing_is_kept_or_queued_while_nobody_listens() -> None:
     hub = EventHub(topic_prefix="p", resume_seconds=0)
-    hub.observe([object()] * 5)  # type: ignore[list-item]
+    hub.observe(Committed([object()] * 5, Grouped(), []))  # type: ignore[list-item]
     assert not hub.recording and not hub._inbox and hub.published == 0
     client = hub.subscribe(StreamFilter())
     assert client is not None and hub.recording
-    hub.observe([])
+    hub.observe(Committed.of([]))
     assert len(hub._inbox) == 1
     hub.unsubscribe(client)
-    hub.observe([])
+    hub.observe(Committed.of([]))
     assert len(hub._inbox) == 1  # resume_seconds=0: nothing recorded once the last client left
 
 

@@ -31,7 +31,7 @@ from service.watch.sweep import raw_connection
 
 if TYPE_CHECKING:
     from service.pipeline import MessageContext, Outcome
-    from service.storage.writer import Pending
+    from service.storage.writer import Committed
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,12 @@ class ActiveRules:
         async with self._lock:
             self._install(self.rules, await _stored(engine, self.rules))
 
-    def committed(self, batch: Sequence[Pending]) -> None:
+    def committed(self, committed: Committed) -> None:
         """After-commit observer: a message the database refused (a dead letter of stage "storage")
         lost its RuleRecord, so its device's cached values may be ahead of the stored state."""
-        for pending in batch:
+        if not committed.records.dead or not self.hooks:
+            return
+        for pending in committed.messages:
             first = pending.records[0] if pending.records else None
             if type(first) is not DeadLetterRecord or first.stage != "storage" or pending.route not in self.hooks:
                 continue

@@ -62,7 +62,24 @@ class Pending:
     route: str | None
 
 
-CommitObserver = Callable[[list[Pending]], None]
+@dataclass(slots=True, frozen=True)
+class Committed:
+    """A committed batch as its observers see it: the messages, and what the writer made of them (so
+    that no observer groups the batch again). Read only: every observer is given the same one."""
+
+    messages: list[Pending]
+    records: sql.Grouped  # the records as stored, by table (a refused message's: its dead letter)
+    touched: list[tuple[str, float]]  # (device, seen) of every last_seen touch the commit wrote
+
+    @classmethod
+    def of(cls, messages: list[Pending]) -> Committed:
+        """As committed by a writer that had written nothing before (tests, benchmarks)."""
+        g = sql.group([(p.message.received_at, p.records) for p in messages])
+        status = {s.device_id for s in g.status}
+        return cls(messages, g, [(d, seen) for d, seen in g.seen.items() if d not in status])
+
+
+CommitObserver = Callable[[Committed], None]
 
 
 class ValueRefused(Exception):
@@ -108,6 +125,9 @@ class BatchWriter:
         self._retry_max = retry_max_delay
         self._resolution = last_seen_resolution
         self._observers: list[CommitObserver] = []
+        # (records, touches) of each transaction the batch being committed took (more than one
+        # when refused messages were split off)
+        self._parts: list[tuple[sql.Grouped, list[tuple[str, float]]]] = []
         self._pending: list[Pending] = []
         self._first_at = 0.0
         self._nonempty = asyncio.Event()
@@ -126,7 +146,7 @@ class BatchWriter:
         self._stats = stats
 
     def observe(self, observer: CommitObserver) -> None:
-        """Call `observer(batch)` after every commit, after the observers registered before it.
+        """Call `observer(committed)` after every commit, after the observers registered before it.
 
         Observers run on the writer's task between two commits: each must be cheap (hand work to a
         task of its own) and must not block.
@@ -177,12 +197,20 @@ class BatchWriter:
                 await self._commit_with_retry(batch)
             finally:
                 self.in_commit = 0
-            self._notify(batch)
+            self._notify(self._committed(batch))
 
-    def _notify(self, batch: list[Pending]) -> None:
+    def _committed(self, batch: list[Pending]) -> Committed:
+        parts, self._parts = self._parts, []
+        if len(parts) == 1:
+            return Committed(batch, *parts[0])
+        # Split around refused messages (rare): their dead letters replaced their records.
+        g = sql.group([(p.message.received_at, p.records) for p in batch])
+        return Committed(batch, g, [t for _g, touches in parts for t in touches])
+
+    def _notify(self, committed: Committed) -> None:
         for observer in self._observers:
             try:
-                observer(batch)
+                observer(committed)
             except Exception:
                 metrics.ERRORS.labels("commit_observer").inc()
                 log.exception("after-commit observer %r failed", observer)
@@ -200,6 +228,7 @@ class BatchWriter:
     async def _commit_with_retry(self, batch: list[Pending]) -> None:
         attempt = 0
         while True:
+            self._parts = []  # a failed attempt may have committed part of the batch: written again
             try:
                 await self._write(batch)
             except Exception as exc:
@@ -284,6 +313,7 @@ class BatchWriter:
                     raise
                 log.debug("%s; writing the batch again", exc)
         self._on_batch(len(batch), time.perf_counter() - started)
+        self._parts.append((g, touch))
         for device, seen in touch:
             self._last_seen[device] = seen
         if len(self._last_seen) > _MAX_LAST_SEEN_CACHE:

@@ -35,7 +35,7 @@ from service.tasks import cancel_and_wait
 from service.web.filters import StreamFilter
 
 if TYPE_CHECKING:
-    from service.storage.writer import Pending
+    from service.storage.writer import Committed, Pending
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +231,11 @@ class EventHub:
 
     # -- publishing -------------------------------------------------------------------------------
 
-    def observe(self, batch: list[Pending]) -> None:
+    def observe(self, committed: Committed) -> None:
         """The writer's after-commit hook: O(1), never blocks."""
         if not self.clients and time.monotonic() >= self._idle_until:
             return
+        batch = committed.messages
         while self._inbox and self._inbox_size + len(batch) > _INBOX_MESSAGES:
             lost = len(self._inbox.popleft())
             self._inbox_size -= lost
