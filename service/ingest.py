@@ -116,8 +116,11 @@ class Ingestor:
                 # handed on, so they count as in flight meanwhile.
                 batch = list(islice(inbox, chunk))
                 results = await process(batch)
-                for _ in range(len(batch)):
-                    inbox.popleft()
+                if len(inbox) == len(batch):
+                    inbox.clear()  # nothing arrived meanwhile (the common case): not one popleft each
+                else:
+                    for _ in range(len(batch)):
+                        inbox.popleft()
                 add([Pending(msg, records, route) for msg, (route, records) in zip(batch, results, strict=True)])
             metrics.LAST_MESSAGE.set(self.stats.last_message_time)
             metrics.IN_FLIGHT.set(self.in_flight)

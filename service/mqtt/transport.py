@@ -61,6 +61,7 @@ _SHORT_IN_A_ROW = 3
 _PUBREC = 0x50
 _pack_ack = struct.Struct("!BBH").pack
 _unpack_u16 = struct.Struct("!H").unpack_from
+_new = tuple.__new__
 
 
 class Link:
@@ -209,7 +210,8 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
             us = self.last_received_us + 1
         self.last_received_us = us
         # us / 1e6 is within 0.12 µs of the microsecond: it rounds back to it (datetime, the writer).
-        self.sink(InboundMessage(topic, raw[pos:], qos, bool(cmd & 1), us / 1e6, mid, self.link, bool(cmd & 8)))
+        # Every field given, in order: tuple.__new__ skips the NamedTuple's Python __new__ (0.2 µs).
+        self.sink(_new(InboundMessage, (topic, raw[pos:], qos, bool(cmd & 1), us / 1e6, mid, self.link, bool(cmd & 8))))
 
 
 class _Client(Client):  # type: ignore[misc]
