@@ -75,7 +75,8 @@ def pubs(draw: Any) -> Pub:
         retain=draw(st.booleans()),
         dup=qos > 0 and draw(st.booleans()),
         mid=draw(st.integers(1, 65535)),
-        props=draw(st.one_of(st.just(b""), st.binary(max_size=20))),  # opaque to us: only their length counts
+        # Opaque to us: only their length counts (one byte of it, or two from 128 bytes on).
+        props=draw(st.one_of(st.just(b""), st.binary(max_size=20), st.binary(min_size=128, max_size=140))),
     )
 
 
@@ -156,6 +157,25 @@ def test_every_single_split_point_and_one_byte_at_a_time() -> None:
     reader = Reader()
     assert reader.feed([stream[i : i + 1] for i in range(len(stream))]) == b""
     assert reader.seen() == expected
+
+
+def test_remaining_lengths_and_property_lengths_of_every_width() -> None:
+    # Packets whose remaining length takes 1, 2 and 3 bytes, each at its edges (127/128,
+    # 16383/16384), and property lengths of 1 and 2 bytes: whole, and cut at every byte of the
+    # packet's head.
+    base = len(Pub("t", b"", 1, mid=1).encode()) - 2  # remaining length with an empty payload
+    messages = [Pub("t", b"p" * (n - base), 1, mid=1 + k) for k, n in enumerate((127, 128, 16_383, 16_384, 20_000))]
+    messages += [Pub("t", b"{}", 1, mid=9, props=b"\x26" * n) for n in (127, 128, 300)]
+    stream = b"".join(m.encode() for m in messages)
+    expected = [m.seen() for m in messages]
+    reader = Reader()
+    assert reader.feed([stream]) == b""
+    assert reader.seen() == expected
+    heads = [sum(len(m.encode()) for m in messages[:k]) for k in range(len(messages))]
+    for at in {h + d for h in heads for d in range(6)}:
+        reader = Reader()
+        assert reader.feed([stream[:at], stream[at:]]) == b"", at
+        assert reader.seen() == expected, at
 
 
 def _malformed(kind: str, m: Pub) -> bytes:

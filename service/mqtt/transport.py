@@ -109,6 +109,23 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise MalformedPacket("variable byte integer longer than 4 bytes")
 
 
+def _remaining_length(data: bytes, i: int, size: int) -> tuple[int, int]:
+    """A packet's remaining length at `i` (at most 4 bytes) and the position after it; -1 for the
+    length while the bytes are not all here yet."""
+    length, shift = 0, 0
+    while True:
+        if i >= size:
+            return -1, i
+        byte = data[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return length, i
+        shift += 7
+        if shift > 21:
+            raise MalformedPacket("remaining length longer than 4 bytes")
+
+
 # Packets a broker never sends to a client: receiving one means the stream is not MQTT we can trust.
 _NEVER_FROM_BROKER = frozenset({0x00, 0x10, 0x80, 0xA0, 0xC0})
 
@@ -201,7 +218,11 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
         elif cmd & 0x08:
             raise MalformedPacket("DUP set on a QoS 0 message")
         # MQTT 5 properties: nothing in them changes how the message is routed.
-        props_len, pos = _varint(raw, pos)
+        if pos < size and raw[pos] < 0x80:  # the properties' length in one byte: inline
+            props_len = raw[pos]
+            pos += 1
+        else:
+            props_len, pos = _varint(raw, pos)
         pos += props_len
         if pos > size:
             raise MalformedPacket(f"properties ({props_len} bytes) run past the end of the packet")
@@ -271,19 +292,15 @@ class _Protocol(MQTTProtocol):  # type: ignore[misc]
         try:
             while size - pos >= 2:
                 cmd = data[pos]
-                length, shift, i = 0, 0, pos + 1
-                while True:  # remaining length: a variable byte integer of at most 4 bytes
-                    if i >= size:
-                        length = -1
-                        break
-                    byte = data[i]
-                    i += 1
-                    length |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        break
-                    shift += 7
-                    if shift > 21:
-                        raise MalformedPacket("remaining length longer than 4 bytes")
+                # Remaining length: a variable byte integer; one or two bytes inline (every packet
+                # under 16 KB), longer ones in _remaining_length.
+                byte = data[pos + 1]
+                if byte < 0x80:
+                    length, i = byte, pos + 2
+                elif pos + 2 < size and data[pos + 2] < 0x80:
+                    length, i = (byte & 0x7F) | data[pos + 2] << 7, pos + 3
+                else:
+                    length, i = _remaining_length(data, pos + 1, size)
                 end = i + length
                 if length < 0 or end > size:
                     break
