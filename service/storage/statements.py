@@ -162,15 +162,24 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_S = _PG_EPOCH.timestamp()
 _US = timedelta(microseconds=1)
 _Packer = Callable[..., bytes]
-_telemetry_packers: dict[int, _Packer] = {}
+_telemetry_heads: dict[str, bytes] = {}
 _relay_packers: dict[tuple[int, int], _Packer] = {}
 
 
-def _telemetry_packer(device_len: int) -> _Packer:
-    # 8 fields: device_id text, ts timestamptz, 3 x float8, memory_free int8, extra NULL, received_at
-    pack = struct.Struct(f"!hi{device_len}siqidididiqiiq").pack
-    _telemetry_packers[device_len] = pack
-    return pack
+# A telemetry row is its device's head (field count, name length, name: the same bytes every time,
+# kept per device) and a tail of one fixed format: one dict lookup a row instead of an encode()
+# and a format per name length.
+_TELEMETRY_TAIL = struct.Struct("!iqidididiqiiq").pack  # ts, 3 x float8, memory_free, extra NULL, received_at
+_HEADS_LIMIT = 100_000  # devices whose head is kept; past it the dict starts afresh
+
+
+def _telemetry_head(device: str) -> bytes:
+    name = device.encode()
+    head = struct.pack(f"!hi{len(name)}s", 8, len(name), name)
+    if len(_telemetry_heads) >= _HEADS_LIMIT:
+        _telemetry_heads.clear()
+    _telemetry_heads[device] = head
+    return head
 
 
 def telemetry_copy(records: Sequence[TelemetryRecord]) -> bytes | None:
@@ -181,15 +190,13 @@ def telemetry_copy(records: Sequence[TelemetryRecord]) -> bytes | None:
     """
     out = [COPY_HEADER]
     add = out.append
-    packers = _telemetry_packers
+    heads, tail = _telemetry_heads, _TELEMETRY_TAIL
     epoch, us, epoch_s = _PG_EPOCH, _US, _PG_EPOCH_S
     for device, ts, t, h, v, m, extra, received in records:
         if t is None or h is None or v is None or m is None or extra is not None:
             return None
-        name = device.encode()
-        n = len(name)
-        pack = packers.get(n) or _telemetry_packer(n)
-        add(pack(8, n, name, 8, (ts - epoch) // us, 8, t, 8, h, 8, v, 8, m, -1, 8, round((received - epoch_s) * 1e6)))
+        add(heads.get(device) or _telemetry_head(device))
+        add(tail(8, (ts - epoch) // us, 8, t, 8, h, 8, v, 8, m, -1, 8, round((received - epoch_s) * 1e6)))
     add(COPY_TRAILER)
     return b"".join(out)
 
