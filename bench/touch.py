@@ -22,6 +22,7 @@ from alembic import command
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.storage import json_rows
 from service.storage.migrate import alembic_config
 from service.watch.liveness import TOUCH
 
@@ -60,8 +61,8 @@ async def main() -> None:
                 extra = [] if sql is OLD_TOUCH else [True]
                 t = time.perf_counter()
                 async with conn.transaction():
-                    if extra:
-                        await conn.fetch(sql, ids, seen, *extra)
+                    if extra:  # TOUCH takes its rows as one jsonb parameter
+                        await conn.fetch(sql, json_rows.rows(list(zip(ids, seen, strict=True))), *extra)
                     else:
                         await conn.execute(sql, ids, seen)
                 results[label].append(time.perf_counter() - t)

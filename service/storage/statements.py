@@ -23,6 +23,7 @@ from service.records import (
     SystemRecord,
     TelemetryRecord,
 )
+from service.storage import json_rows
 from service.storage.pgtime import to_timestamp
 
 INSERT_TELEMETRY = """
@@ -51,9 +52,11 @@ FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::bool[], $5::text[], $
 ON CONFLICT DO NOTHING
 """
 
-UPSERT_RELAYS = """
+# One jsonb parameter (service/storage/json_rows.py): newest_relays()'s rows.
+UPSERT_RELAYS = f"""
 INSERT INTO relays AS r (device_id, relay_index, ts, state, triggered_by)
-SELECT * FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::bool[], $5::text[])
+SELECT * FROM {json_rows.table(1, "device_id text, relay_index int4, ts timestamptz, state bool, triggered_by text")}
+     AS u
 ON CONFLICT (device_id, relay_index) DO UPDATE
 SET ts = EXCLUDED.ts, state = EXCLUDED.state, triggered_by = EXCLUDED.triggered_by, updated_at = now()
 WHERE r.ts < EXCLUDED.ts

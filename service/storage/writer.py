@@ -41,6 +41,7 @@ from service.pipeline import dead_letter
 from service.records import Record
 from service.rules import engine as rules_engine
 from service.stats.store import Stats, StatsRaced
+from service.storage import json_rows
 from service.storage import statements as sql
 from service.watch.liveness import Watch
 
@@ -400,7 +401,7 @@ class BatchWriter:
             else:
                 await conn.execute(sql.INSERT_RELAY_HISTORY, *sql.columns(g.relays, 6))
             await self._watch.relays(conn, g.relays)  # locks and compares critical relays first
-            await conn.execute(sql.UPSERT_RELAYS, *sql.columns(sql.newest_relays(g.relays), 5))
+            await conn.execute(sql.UPSERT_RELAYS, json_rows.rows(sql.newest_relays(g.relays)))
         if g.display:
             await conn.execute(sql.INSERT_DISPLAY, *sql.columns(g.display, 9))
         if g.system:

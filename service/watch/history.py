@@ -24,6 +24,8 @@ from datetime import datetime
 
 import asyncpg
 
+from service.storage import json_rows
+
 # device, at, received_at (epoch s), online, cause, stamp (the device's timestamp, if it sent one)
 HistoryRow = tuple[str, datetime, float, bool, str, datetime | None]
 
@@ -35,11 +37,11 @@ HistoryRow = tuple[str, datetime, float, bool, str, datetime | None]
 # online that followed it. Any later offline has a place (the state before it is known).
 # (`earlier`, `later`: the batch has a row of the device before or after this one; a statement
 # does not see the rows it inserts itself.)
-INSERT_HISTORY = """
+INSERT_HISTORY = f"""
 INSERT INTO connectivity_history (device_id, at, received_at, is_online, cause, stamp)
 SELECT d, a, to_timestamp(r), o, c, s
-FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bool[], $5::text[], $6::timestamptz[],
-            $7::bool[], $8::bool[]) AS u(d, a, r, o, c, s, earlier, later)
+FROM {json_rows.table(1, "d text, a timestamptz, r float8, o bool, c text, s timestamptz, earlier bool, later bool")}
+     AS u
 WHERE o OR s IS NULL OR earlier
    OR EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at < u.a)
    OR NOT (later OR EXISTS (SELECT 1 FROM connectivity_history h WHERE h.device_id = u.d AND h.at > u.a))
@@ -118,6 +120,7 @@ async def record(conn: asyncpg.Connection, rows: Sequence[HistoryRow]) -> None:
             hi[device] = at
     earlier = [at > lo[device] for device, at, *_ in rows]
     later = [at < hi[device] for device, at, *_ in rows]
-    await conn.execute(INSERT_HISTORY, *[list(c) for c in zip(*rows, strict=True)], earlier, later)
+    flagged = [(*row, e, la) for row, e, la in zip(rows, earlier, later, strict=True)]
+    await conn.execute(INSERT_HISTORY, json_rows.rows(flagged))
     devices = sorted(lo)
     await conn.fetchrow(RECOMPUTE, devices, [lo[d] for d in devices])

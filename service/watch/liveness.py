@@ -40,6 +40,7 @@ import asyncpg
 from service import metrics
 from service.notify.outbox import Event, Outbox, emit_events
 from service.records import RelayRecord, StatusRecord
+from service.storage import json_rows
 from service.watch.alerts import OFFLINE, UNKNOWN_DEVICE, AlertSpec, open_alerts, resolve_alerts
 from service.watch.history import HistoryRow
 from service.watch.history import record as record_history
@@ -72,8 +73,8 @@ FROM devices WHERE device_id = ANY($1::text[])
 TOUCH = """
 WITH t AS (
     INSERT INTO devices AS d (device_id, first_seen, last_seen, known)
-    SELECT device_id, to_timestamp(seen), to_timestamp(seen), $3
-    FROM unnest($1::text[], $2::float8[]) AS u(device_id, seen)
+    SELECT device_id, to_timestamp(seen), to_timestamp(seen), $2
+    FROM {rows} AS u
     ON CONFLICT (device_id) DO UPDATE
     SET last_seen = EXCLUDED.last_seen,
         is_online = CASE WHEN {revive} THEN true ELSE d.is_online END,
@@ -85,13 +86,14 @@ WITH t AS (
 )
 SELECT device_id, extract(epoch FROM last_seen)::float8 AS seen, created, revived FROM t WHERE created OR revived
 """.format(
+    rows=json_rows.table(1, "device_id text, seen float8"),
     # Offline by timeout, will or a retained status, and heard from since: the device is back.
     # (Offline by its own status holds until it says otherwise.)
     revive="d.is_online = false AND d.connectivity_cause IN ('timeout', 'will', 'retained') "
     "AND d.state_changed_at < EXCLUDED.last_seen"
 )
 
-UPDATE_STATUS = """
+UPDATE_STATUS = f"""
 UPDATE devices AS d
 SET is_online = u.is_online, status_ts = u.status_ts,
     ip_address = COALESCE(u.ip::inet, d.ip_address),
@@ -99,8 +101,8 @@ SET is_online = u.is_online, status_ts = u.status_ts,
     uptime = COALESCE(u.uptime, d.uptime),
     last_seen = GREATEST(d.last_seen, to_timestamp(u.seen)),
     state_changed_at = to_timestamp(u.changed), connectivity_cause = u.cause
-FROM unnest($1::text[], $2::bool[], $3::timestamptz[], $4::text[], $5::text[], $6::int8[], $7::float8[],
-            $8::float8[], $9::text[]) AS u(device_id, is_online, status_ts, ip, fw, uptime, seen, changed, cause)
+FROM {json_rows.table(1, "device_id text, is_online bool, status_ts timestamptz, ip text, fw text, uptime int8, "
+                                  "seen float8, changed float8, cause text")} AS u
 WHERE d.device_id = u.device_id
 """
 
@@ -283,7 +285,7 @@ class Watch:
         changes: list[Change] = []
         history: list[HistoryRow] = []
         if touch:
-            back = await conn.fetch(TOUCH, [d for d, _ in touch], [s for _, s in touch], not self.review)
+            back = await conn.fetch(TOUCH, json_rows.rows(touch), not self.review)
             for r in back:
                 if r["created"]:
                     created.append(r["device_id"])
@@ -335,7 +337,7 @@ class Watch:
             changes.extend(device_changes)
             rows.append((device, state.is_online, state.status_ts, fields.get("ip"), fields.get("fw"),
                          fields.get("uptime"), state.last_seen, state.changed, state.cause))  # fmt: skip
-        await conn.execute(UPDATE_STATUS, *[list(c) for c in zip(*rows, strict=True)])
+        await conn.execute(UPDATE_STATUS, json_rows.rows(rows))
 
     async def _record(self, conn: asyncpg.Connection, changes: list[Change], created: list[str]) -> None:
         if changes:
