@@ -35,6 +35,7 @@ from service.notify.outbox import MQTT, WEBHOOK, Outbox, iso
 from service.records import RuleRecord
 from service.rules import metrics, peers
 from service.rules.loader import RULE_ALERT, CompiledRule, alert_key
+from service.storage import json_rows
 from service.watch.alerts import AlertSpec, Severity, open_alerts, resolve_alerts
 
 # Creates the batch's missing state rows and locks all of them, in key order, in one statement: the
@@ -57,22 +58,20 @@ WRITE = f"""
 WITH updated AS (
     UPDATE rule_state s
     SET value = u.v, changed_at = u.c, since = u.s, fired_at = u.f, updated_at = now()
-    FROM unnest($1::text[], $2::text[], $3::int4[], $4::bool[], $5::timestamptz[], $6::timestamptz[],
-                $7::timestamptz[]) AS u(r, d, i, v, c, s, f)
+    FROM {json_rows.table(1, "r text, d text, i int4, v bool, c timestamptz, s timestamptz, f timestamptz")} AS u
     WHERE s.rule = u.r AND s.device_id = u.d AND s.relay = u.i
 ), f AS (
     INSERT INTO rule_firings (rule, device_id, relay, since, ts, severity, actions, context)
-    SELECT * FROM unnest($8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::timestamptz[], $13::text[],
-                         $14::jsonb[], $15::jsonb[])
+    SELECT * FROM {json_rows.table(2, "rule text, device_id text, relay int4, since timestamptz, ts timestamptz, "
+                                      "severity text, actions jsonb, context jsonb")} AS u
     ON CONFLICT (rule, device_id, relay, since) DO NOTHING
     RETURNING id, rule, device_id, relay, since, ts, severity, context
 ), a AS (
     SELECT f.id, f.rule, f.device_id, f.relay, f.since, f.ts, f.severity, f.context,
            u.idx, u.channel, u.target, u.body, u.qos, u.retain, u.error,
            md5('autocore-rule-action:' || f.id || ':' || u.idx)::uuid AS event_id
-    FROM unnest($16::text[], $17::text[], $18::int4[], $19::timestamptz[], $20::int4[], $21::text[], $22::text[],
-                $23::text[], $24::int2[], $25::bool[], $26::text[])
-         AS u(rule, device_id, relay, since, idx, channel, target, body, qos, retain, error)
+    FROM {json_rows.table(3, "rule text, device_id text, relay int4, since timestamptz, idx int4, channel text, "
+                             "target text, body text, qos int2, retain bool, error text")} AS u
     JOIN f ON f.rule = u.rule AND f.device_id = u.device_id AND f.relay = u.relay AND f.since = u.since
 ), n AS (
     INSERT INTO notifications (event_id, channel, target, device_id, kind, state, body, firing_id, qos, retain,
@@ -87,7 +86,7 @@ WITH updated AS (
     ON CONFLICT (event_id, channel, target) DO NOTHING
     RETURNING 1
 ), p AS (
-    SELECT count(pg_notify($27 || ':' || current_schema(), x)) AS announced FROM unnest($28::text[]) AS x
+    SELECT count(pg_notify($4 || ':' || current_schema(), x)) AS announced FROM unnest($5::text[]) AS x
 )
 SELECT f.rule, f.device_id, f.relay, f.since, (SELECT count(*) FROM n) AS notified FROM p LEFT JOIN f ON true
 """
@@ -211,7 +210,9 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
     fired = [f.row() for f in firings]
     # Announced at commit (and never if we roll back): other replicas' caches learn of it.
     announce = peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed}))
-    result = await conn.fetch(WRITE, *_columns(changed, 7), *_columns(fired, 8), *_columns(actions, 11),
+    # The rows as jsonb parameters (service/storage/json_rows.py): Firing.row()'s actions and
+    # context are JSON text, read back as jsonb.
+    result = await conn.fetch(WRITE, json_rows.rows(changed), json_rows.rows(fired), json_rows.rows(actions),
                               peers.CHANNEL, announce)  # fmt: skip
     inserted = [r for r in result if r["rule"] is not None]
     if outbox is None:
@@ -248,10 +249,6 @@ async def _alerts(conn: asyncpg.Connection, outbox: Outbox, changes: Sequence[Ch
                     opens.append(spec)
         await resolve_alerts(conn, outbox, resolves)
         await open_alerts(conn, outbox, opens)
-
-
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def _plain(context: dict[str, Any]) -> dict[str, Any]:
