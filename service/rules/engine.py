@@ -40,9 +40,9 @@ from service.watch.alerts import AlertSpec, Severity, open_alerts, resolve_alert
 
 # Creates the batch's missing state rows and locks all of them, in key order, in one statement: the
 # no-op DO UPDATE takes the row lock (as FOR UPDATE would) and RETURNING gives the stored values.
-LOCK_STATE = """
+LOCK_STATE = f"""
 INSERT INTO rule_state AS s (rule, device_id, relay, value)
-SELECT r, d, i, false FROM unnest($1::text[], $2::text[], $3::int4[]) AS u(r, d, i)
+SELECT r, d, i, false FROM {json_rows.table(1, "r text, d text, i int4")} AS u
 ORDER BY r, d, i
 ON CONFLICT (rule, device_id, relay) DO UPDATE SET value = s.value
 RETURNING s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_at
@@ -200,7 +200,7 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
         return
     current = {
         (r["rule"], r["device_id"], r["relay"]): State(r["value"], r["changed_at"], r["since"], r["fired_at"])
-        for r in await conn.fetch(LOCK_STATE, *[list(c) for c in zip(*keys, strict=True)])
+        for r in await conn.fetch(LOCK_STATE, json_rows.rows(keys))
     }
     firings, changes = transitions(records, current)
     changed = [(*k, s.value, s.changed_at, s.since, s.fired_at) for k, s in current.items() if s.changed]

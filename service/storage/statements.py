@@ -1,4 +1,6 @@
-"""A batch of records -> a few multi-row statements (one `unnest` of column arrays per table).
+"""A batch of records -> a few multi-row statements: binary COPY for the history tables, `unnest`
+of column arrays for the rarer ones, and one jsonb parameter of rows for the state upsert that
+runs with every relay batch (service/storage/json_rows.py: asyncpg's arrays cost more per element).
 
 Every statement is idempotent, because the broker may deliver a message again:
 rows with a natural key use ON CONFLICT DO NOTHING, state upserts apply only newer timestamps.

@@ -20,6 +20,7 @@ import asyncpg
 
 from service import metrics
 from service.notify.outbox import Outbox, tail
+from service.storage import json_rows
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES = ("info", "warning", "critical")
@@ -38,11 +39,12 @@ class AlertSpec:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+# The rows as one jsonb parameter (service/storage/json_rows.py).
 _OPEN = (
-    """
+    f"""
 WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[])
-        AS u(device_id, kind, key, severity, message, details)
+    SELECT * FROM {json_rows.table(1, "device_id text, kind text, key text, severity text, message text, "
+                                      "details jsonb")} AS u
 ), up AS (
     INSERT INTO alerts AS a (device_id, kind, key, severity, message, details)
     SELECT * FROM u
@@ -55,14 +57,14 @@ WITH u AS (
            'opened'::text AS state, opened_at AS at, message, details, opened_at, resolved_at
     FROM up WHERE created
 )"""
-    + tail(7)
+    + tail(2)
     + "\nSELECT kind, created FROM up"
 )
 
 _RESOLVE = (
-    """
+    f"""
 WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS u(device_id, kind, key)
+    SELECT * FROM {json_rows.table(1, "device_id text, kind text, key text")} AS u
 ), r AS (
     UPDATE alerts a SET resolved_at = now(), last_seen_at = now()
     FROM u
@@ -73,7 +75,7 @@ WITH u AS (
            'resolved'::text AS state, resolved_at AS at, message, details, opened_at, resolved_at
     FROM r
 )"""
-    + tail(4)
+    + tail(2)
     + "\nSELECT kind FROM r"
 )
 
@@ -89,16 +91,8 @@ async def open_alerts(conn: asyncpg.Connection, outbox: Outbox, specs: Sequence[
     for s in ordered:
         if s.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {s.severity!r}")
-    rows = await conn.fetch(
-        _OPEN,
-        [s.device_id for s in ordered],
-        [s.kind for s in ordered],
-        [s.key for s in ordered],
-        [s.severity for s in ordered],
-        [s.message for s in ordered],
-        [json.dumps(s.details) for s in ordered],
-        *outbox.params(),
-    )
+    specs_rows = [(s.device_id, s.kind, s.key, s.severity, s.message, json.dumps(s.details)) for s in ordered]
+    rows = await conn.fetch(_OPEN, json_rows.rows(specs_rows), *outbox.params())
     opened = Counter(r["kind"] for r in rows if r["created"])
     for kind, n in opened.items():
         metrics.ALERTS_OPENED.labels(kind).inc(n)
@@ -126,8 +120,6 @@ async def resolve_alerts(conn: asyncpg.Connection, outbox: Outbox, keys: Sequenc
     if not keys:
         return 0
     ordered = sorted(set(keys))
-    rows = await conn.fetch(
-        _RESOLVE, [k[0] for k in ordered], [k[1] for k in ordered], [k[2] for k in ordered], *outbox.params()
-    )
+    rows = await conn.fetch(_RESOLVE, json_rows.rows(ordered), *outbox.params())
     outbox.written += len(rows) * len(outbox.channels)
     return len(rows)

@@ -53,7 +53,7 @@ _ORDER = "ORDER BY at, received_at, cause"
 
 RECOMPUTE = f"""
 WITH b AS (
-    SELECT device_id, lo FROM unnest($1::text[], $2::timestamptz[]) AS b(device_id, lo)
+    SELECT device_id, lo FROM {json_rows.table(1, "device_id text, lo timestamptz")} AS b
 ), s AS (
     -- Start at the decisive row before the first new one (the state there is its own), else at the
     -- last row before it (no decisive row at all: each row's state is its own), else at the new row.
@@ -123,4 +123,4 @@ async def record(conn: asyncpg.Connection, rows: Sequence[HistoryRow]) -> None:
     flagged = [(*row, e, la) for row, e, la in zip(rows, earlier, later, strict=True)]
     await conn.execute(INSERT_HISTORY, json_rows.rows(flagged))
     devices = sorted(lo)
-    await conn.fetchrow(RECOMPUTE, devices, [lo[d] for d in devices])
+    await conn.fetchrow(RECOMPUTE, json_rows.rows([(d, lo[d]) for d in devices]))

@@ -53,9 +53,9 @@ _US = 1e-6
 # two replicas writing overlapping devices then always wait in the same order. (Locking the stored
 # rows first and inserting the missing ones after was a deadlock: another replica could create a
 # missing row and lock it in between, then wait for one of ours.) RETURNING names the created ones.
-LOCK_OR_CREATE = """
+LOCK_OR_CREATE = f"""
 INSERT INTO devices AS d (device_id, first_seen, last_seen, known)
-SELECT u.d, to_timestamp(u.s), to_timestamp(u.s), $3 FROM unnest($1::text[], $2::float8[]) AS u(d, s)
+SELECT u.d, to_timestamp(u.s), to_timestamp(u.s), $2 FROM {json_rows.table(1, "d text, s float8")} AS u
 ORDER BY u.d
 ON CONFLICT (device_id) DO UPDATE SET known = d.known WHERE false
 RETURNING device_id
@@ -279,7 +279,7 @@ class Watch:
                 if st.device_id not in first or st.received_at < first[st.device_id]:
                     first[st.device_id] = st.received_at
             lock = sorted(first)
-            new = await conn.fetch(LOCK_OR_CREATE, lock, [first[d] for d in lock], not self.review)
+            new = await conn.fetch(LOCK_OR_CREATE, json_rows.rows([(d, first[d]) for d in lock]), not self.review)
             created.extend(r["device_id"] for r in new)
             stored = {r["device_id"]: _state(r) for r in await conn.fetch(LOCKED_DEVICES, lock)}
         changes: list[Change] = []

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import metrics
 from service.mqtt.transport import ConnectionState
 from service.notify.outbox import Outbox
+from service.storage import json_rows
 from service.tasks import cancel_and_wait
 from service.watch import history
 from service.watch.alerts import open_alerts
@@ -131,7 +132,7 @@ class Sweeper:
                     rows = await conn.fetch(SWEEP, now - self.offline_after, _PAGE, at)
                     if rows:
                         ids = sorted(r["device_id"] for r in rows)
-                        await conn.fetchrow(RECOMPUTE, ids, [at] * len(ids))
+                        await conn.fetchrow(RECOMPUTE, json_rows.rows([(i, at) for i in ids]))
                     await open_alerts(conn, self._outbox, [offline_alert(r["device_id"], "timeout", at) for r in rows])
                 metrics.SWEEP_SECONDS.observe(time.perf_counter() - started)
                 if rows:
