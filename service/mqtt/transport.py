@@ -93,11 +93,15 @@ class MalformedPacket(ValueError):
     """A packet MQTT 5 calls malformed: the connection is closed (MQTT-4.13), never a guess at its content."""
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A variable byte integer of at most 4 bytes at `pos`; (value, position after it)."""
+def _varint(data: bytes, pos: int, *, partial: bool = False) -> tuple[int, int]:
+    """A variable byte integer of at most 4 bytes at `pos`; (value, position after it). It running
+    past the end of `data` is malformed, or with `partial` (a packet's remaining length in a read
+    buffer) means the rest is still to come: (-1, pos)."""
     value, shift, end = 0, 0, len(data)
     while True:
         if pos >= end:
+            if partial:
+                return -1, pos
             raise MalformedPacket("variable byte integer runs past the end of the packet")
         byte = data[pos]
         pos += 1
@@ -107,23 +111,6 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 21:
             raise MalformedPacket("variable byte integer longer than 4 bytes")
-
-
-def _remaining_length(data: bytes, i: int, size: int) -> tuple[int, int]:
-    """A packet's remaining length at `i` (at most 4 bytes) and the position after it; -1 for the
-    length while the bytes are not all here yet."""
-    length, shift = 0, 0
-    while True:
-        if i >= size:
-            return -1, i
-        byte = data[i]
-        i += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return length, i
-        shift += 7
-        if shift > 21:
-            raise MalformedPacket("remaining length longer than 4 bytes")
 
 
 # Packets a broker never sends to a client: receiving one means the stream is not MQTT we can trust.
@@ -293,14 +280,14 @@ class _Protocol(MQTTProtocol):  # type: ignore[misc]
             while size - pos >= 2:
                 cmd = data[pos]
                 # Remaining length: a variable byte integer; one or two bytes inline (every packet
-                # under 16 KB), longer ones in _remaining_length.
+                # under 16 KB), longer ones in _varint.
                 byte = data[pos + 1]
                 if byte < 0x80:
                     length, i = byte, pos + 2
                 elif pos + 2 < size and data[pos + 2] < 0x80:
                     length, i = (byte & 0x7F) | data[pos + 2] << 7, pos + 3
                 else:
-                    length, i = _remaining_length(data, pos + 1, size)
+                    length, i = _varint(data, pos + 1, partial=True)
                 end = i + length
                 if length < 0 or end > size:
                     break
