@@ -168,6 +168,24 @@ async def test_one_refused_row_does_not_sink_its_batch(
     assert await count(db, "dead_letters", "stage = 'storage'") == 1
 
 
+async def test_a_status_the_state_tables_refuse_is_dead_lettered_and_its_batch_stored(
+    service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str
+) -> None:
+    # An uptime beyond int8 is valid for the model (any int >= 0) and refused by PostgreSQL in the
+    # status update: a permanent refusal, so that message alone becomes a dead letter.
+    messages = [(f"{ns}/S{i}/status", {**STATUS, "device_id": f"S{i}", "uptime": 2**64 if i == 3 else i})
+                for i in range(6)]  # fmt: skip
+    messages += [(f"{ns}/S{i}/telemetry", {"temperature": i, "timestamp": "2025-04-01T00:00:00Z"}) for i in range(6)]
+    async with service(writer_linger_ms=500, writer_batch_size=100) as svc:
+        publisher.publish_many(messages)
+        await eventually(lambda: svc.runtime.ingestor.stats.messages_processed == 12)
+        assert svc.runtime.ingestor.writer.healthy
+    assert await count(db, "telemetry") == 6
+    assert await count(db, "devices", "uptime IS NOT NULL") == 5
+    dead = await db.fetchrow("SELECT topic, stage FROM dead_letters")
+    assert (dead["topic"], dead["stage"]) == (f"{ns}/S3/status", "storage")
+
+
 async def test_a_refused_dead_letter_is_logged_and_does_not_block_ingestion(
     service: ServiceFactory, publisher: Publisher, db: asyncpg.Connection, ns: str, caplog: pytest.LogCaptureFixture
 ) -> None:
