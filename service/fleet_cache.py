@@ -135,7 +135,7 @@ class FleetCache:
         self._complete = True  # every device of the database is here
         self.loaded = False
         self.as_of: float | None = None  # epoch seconds of the newest commit applied (or of the load)
-        self._backlog: list[tuple[sql.Grouped, list[tuple[str, float]]]] | None = []
+        self._backlog: list[Committed] | None = []
         self._restart_load = False
         self._task: asyncio.Task[None] | None = None
 
@@ -150,8 +150,8 @@ class FleetCache:
                 continue
             self._devices = devices
             backlog, self._backlog = self._backlog or [], None
-            for g, touches in backlog:
-                self._apply(g, touches)  # idempotent: what the snapshot holds already stays as it is
+            for committed in backlog:
+                self._apply(committed)  # idempotent: what the snapshot holds already stays as it is
             self.loaded = True
             if self.as_of is None:
                 self.as_of = time.time()
@@ -290,9 +290,9 @@ class FleetCache:
             if len(backlog) >= _BACKLOG_LIMIT:
                 backlog.clear()
                 self._restart_load = True
-            backlog.append((committed.records, committed.touched))
+            backlog.append(committed)
             return
-        self._apply(committed.records, committed.touched)
+        self._apply(committed)
 
     def _device(self, device_id: str, seen: int) -> _Device | None:
         d = self._devices.get(device_id)
@@ -303,7 +303,8 @@ class FleetCache:
             d = self._devices[device_id] = _Device(device_id, seen, seen)
         return d
 
-    def _apply(self, g: sql.Grouped, touches: Sequence[tuple[str, float]]) -> None:
+    def _apply(self, committed: Committed) -> None:
+        g, touches = committed.records, committed.touched
         devices = self._devices
         again: set[str] = {rec.device_id for rec in g.status}
         for device_id in again:  # its row is read again; its relays and telemetry are mirrored below

@@ -497,11 +497,9 @@ class MqttTransport:
         packets: list[bytes] = []
         next_id = protocol.id_generator.next_id  # the allocator gmqtt's PublishPacket takes ids from
         for i, (topic, payload, qos, retain, key) in enumerate(chunk, first):
-            if not qos:
-                packets.append(publish_packet(topic, payload, qos, retain, None, key))
-            else:
-                mid: int = next_id()
-                packets.append(publish_packet(topic, payload, qos, retain, mid, key))
+            mid = next_id() if qos else None
+            packets.append(publish_packet(topic, payload, qos, retain, mid, key))
+            if mid is not None:
                 waiter: asyncio.Future[None] = loop.create_future()
                 handler.pubacks[mid] = waiter
                 waiters[i] = waiter

@@ -76,8 +76,25 @@ class Committed:
     def of(cls, messages: list[Pending]) -> Committed:
         """As committed by a writer that had written nothing before (tests, benchmarks)."""
         g = sql.group([(p.message.received_at, p.records) for p in messages])
-        status = {s.device_id for s in g.status}
-        return cls(messages, g, [(d, seen) for d, seen in g.seen.items() if d not in status])
+        return cls(messages, g, last_seen_touches(g, {}, 0.0))
+
+
+def last_seen_touches(g: sql.Grouped, written: dict[str, float], resolution: float) -> list[tuple[str, float]]:
+    """Devices whose last_seen must be written, given the last_seen `written` so far: new ones, and
+    any that moved on by `resolution`.
+
+    Devices with a status in the batch are left out: the status upsert writes their row (and creates
+    it) anyway, and one update per row and batch is cheaper than two.
+    """
+    status = {s.device_id for s in g.status}
+    out = []
+    for device, seen in g.seen.items():
+        if device in status:
+            continue
+        before = written.get(device)
+        if before is None or seen - before >= resolution:
+            out.append((device, seen))
+    return out
 
 
 CommitObserver = Callable[[Committed], None]
@@ -296,7 +313,7 @@ class BatchWriter:
 
     async def _transaction(self, batch: list[Pending]) -> None:
         g = sql.group([(p.message.received_at, p.records) for p in batch])
-        touch = self._touches(g)
+        touch = last_seen_touches(g, self._last_seen, self._resolution)
         started = time.perf_counter()
         copy = True
         for again in range(_STATS_RACES):
@@ -355,22 +372,6 @@ class BatchWriter:
 
     async def close(self) -> None:
         await self._drop_connection()
-
-    def _touches(self, g: sql.Grouped) -> list[tuple[str, float]]:
-        """Devices whose last_seen must be written: new ones, and any that moved on by the resolution.
-
-        Devices with a status in the batch are left out: the status upsert writes their row (and
-        creates it) anyway, and one update per row and batch is cheaper than two.
-        """
-        status = {s.device_id for s in g.status}
-        out = []
-        for device, seen in g.seen.items():
-            if device in status:
-                continue
-            written = self._last_seen.get(device)
-            if written is None or seen - written >= self._resolution:
-                out.append((device, seen))
-        return out
 
     async def _execute(
         self, conn: asyncpg.Connection, g: sql.Grouped, touch: list[tuple[str, float]], *, copy: bool

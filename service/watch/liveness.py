@@ -102,7 +102,7 @@ SET is_online = u.is_online, status_ts = u.status_ts,
     last_seen = GREATEST(d.last_seen, to_timestamp(u.seen)),
     state_changed_at = to_timestamp(u.changed), connectivity_cause = u.cause
 FROM {json_rows.table(1, "device_id text, is_online bool, status_ts timestamptz, ip text, fw text, uptime int8, "
-                                  "seen float8, changed float8, cause text")} AS u
+                         "seen float8, changed float8, cause text")} AS u
 WHERE d.device_id = u.device_id
 """
 
