@@ -272,6 +272,62 @@ async def test_a_batch_whose_copy_fails_counts_only_what_it_stored(db: asyncpg.C
     assert_figures(await figures(db), reference(list(enumerate(values))))
 
 
+class AheadStats(Stats):
+    """Stats recording what fold_ahead() gave: which batches were folded while their COPY ran."""
+
+    def __init__(self) -> None:
+        super().__init__(Outbox([(WEBHOOK, "http://127.0.0.1:9/hook")]), Params())
+        self.ahead: list[bool] = []
+
+    def fold_ahead(self, rows: Sequence[Sequence[Any]]) -> Any:
+        folded = super().fold_ahead(rows)
+        self.ahead.append(folded is not None)
+        return folded
+
+
+def full(values: Sequence[float], device: str = DEVICE, start: int = 0) -> list[TelemetryRecord]:
+    """series() with every known reading: the rows the writer sends as binary COPY."""
+    now = time.time()
+    return [
+        TelemetryRecord(device, T0 + timedelta(seconds=start + i), v, 50.0, 3.3, 1000, None, now)
+        for i, v in enumerate(values)
+    ]
+
+
+async def test_a_batch_folded_while_its_copy_runs_is_stored_as_observe_says(
+    db: asyncpg.Connection, engine: Any
+) -> None:
+    # Binary COPY batches of a cached device are folded ahead (during the COPY); the first one,
+    # whose device has no cached row, is not. Each metric's figures are observe()'s.
+    values = stable(200)
+    stats = AheadStats()
+    w = BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
+    await write(w, full(values), per_batch=50)
+    await w.close()
+    assert stats.ahead == [False, True, True, True]
+    assert_figures(await figures(db), reference(list(enumerate(values))))
+    humidity = await figures(db, "humidity")
+    assert (humidity["count"], humidity["min"], humidity["max"]) == (200, 50.0, 50.0)
+
+
+async def test_a_batch_folded_ahead_whose_copy_fails_counts_only_what_it_stored(
+    db: asyncpg.Connection, engine: Any
+) -> None:
+    # As the test above but on the binary COPY path: the second batch is folded ahead from the
+    # cached row, its COPY then fails on the 50 rows stored already, and that fold is dropped: the
+    # batch written again with ON CONFLICT counts its 50 new samples only (150, not 200).
+    values = stable(150)
+    stats = AheadStats()
+    w = BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
+    await write(w, full(values[:100]), per_batch=10_000)
+    await write(w, full(values[50:], start=50), per_batch=10_000)
+    await w.close()
+    assert stats.ahead == [False, True]
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 150
+    assert_figures(await figures(db), reference(list(enumerate(values))))
+    assert (await figures(db, "voltage"))["count"] == 150
+
+
 async def test_stored_figures_equal_observe_as_metrics_appear(db: asyncpg.Connection, engine: Any) -> None:
     # The writer's path (NumPy over the batch, names written only when they grow) against
     # observe() sample by sample: devices gain humidity, then an extra field, in later batches;

@@ -47,6 +47,7 @@ import math
 import sys
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain
 from operator import itemgetter
@@ -146,18 +147,21 @@ class Stats:
         # device -> (metrics, state, xmin) as this process last wrote the row (see the module's docstring)
         self._cache: dict[str, tuple[list[str], bytes, int]] = {}
 
-    async def apply(self, conn: asyncpg.Connection, rows: Sequence[Sequence[Any]]) -> None:
+    async def apply(
+        self, conn: asyncpg.Connection, rows: Sequence[Sequence[Any]], ahead: Folded | None = None
+    ) -> None:
         """Fold inserted telemetry rows (device_id, ts, temperature, humidity, voltage, memory_free,
-        extra JSON text, ...) into the stored statistics, inside the caller's transaction."""
+        extra JSON text, ...) into the stored statistics, inside the caller's transaction.
+        `ahead`: these rows' fold_ahead(), if the caller ran it."""
         if not rows:
             return
-        devices = sorted(set(map(_device, rows)))
-        cache = self._cache
-        if all(d in cache for d in devices):
-            batch = Batch(devices, [(d, *cache[d][:2]) for d in devices], seen=[cache[d][2] for d in devices])
+        if ahead is not None and ahead.rows is rows:
+            batch, opened, ended = ahead.batch, ahead.opened, ahead.ended
         else:
-            batch = Batch(devices, await conn.fetch(LOCK, devices))
-        opened, ended = self.fold(batch, rows)
+            devices = sorted(set(map(_device, rows)))
+            cached = self._cached(devices)
+            batch = cached if cached is not None else Batch(devices, await conn.fetch(LOCK, devices))
+            opened, ended = self.fold(batch, rows)
         changed = await self._write(conn, batch)
         if changed:
             # Another writer moved these rows on since we cached them: fold their samples again
@@ -176,6 +180,22 @@ class Stats:
             await open_alerts(conn, self._outbox, opened)
         if ended:
             await resolve_alerts(conn, self._outbox, ended)
+
+    def fold_ahead(self, rows: Sequence[Sequence[Any]]) -> Folded | None:
+        """apply()'s fold, before the rows are stored: the writer runs it while PostgreSQL takes
+        the batch's COPY (which stores every row or none), not after it. Only when every device's
+        row is cached (the steady state): otherwise the fold needs the rows LOCK reads. Nothing
+        but the returned batch changes; WRITE still checks each cached row's version."""
+        cached = self._cached(sorted(set(map(_device, rows))))
+        if cached is None:
+            return None
+        return Folded(rows, cached, *self.fold(cached, rows))
+
+    def _cached(self, devices: list[str]) -> Batch | None:
+        cache = self._cache
+        if not all(d in cache for d in devices):
+            return None
+        return Batch(devices, [(d, *cache[d][:2]) for d in devices], seen=[cache[d][2] for d in devices])
 
     def fold(self, batch: Batch, rows: Sequence[Sequence[Any]]) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
         """The Python side of apply(): fold the rows into the batch's states; returns the alerts to
@@ -349,6 +369,16 @@ class Stats:
             n = len(batch.devices) - len(result)
             raise StatsRaced(f"{n} stats rows were created or removed meanwhile by another writer")
         return changed
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """Stats.fold_ahead()'s answer: these rows folded into this batch, and the alerts it gives."""
+
+    rows: Sequence[Sequence[Any]]
+    batch: Batch
+    opened: list[AlertSpec]
+    ended: list[tuple[str, str, str]]
 
 
 class Batch:
