@@ -98,16 +98,47 @@ async def test_binary_copy_stores_what_the_records_say(
     assert [tuple(r) for r in rows] == [(*r[:5], received) for r in relays]
 
 
-async def test_rows_of_other_shapes_take_asyncpgs_copy(
+async def test_rows_of_other_shapes_are_packed_field_by_field(
     writer: tuple[BatchWriter, list[int]], db: asyncpg.Connection
 ) -> None:
     w, batches = writer
-    odd = [reading(0, humidity=None), reading(1, extra='{"rssi": -70}'), reading(2)]
-    assert sql.telemetry_copy(odd) is None
+    odd = [
+        reading(0, humidity=None),
+        reading(1, extra='{"rssi": -70, "name": "büro"}'),
+        reading(2),
+        reading(3, temperature=None, humidity=None, voltage=None, memory_free=None),
+        reading(4, voltage=None, extra="{}"),
+    ]
     w.add(pending(odd))
     await eventually(lambda: batches == [1])
-    rows = await db.fetch("SELECT humidity, extra FROM telemetry ORDER BY ts")
-    assert [(r["humidity"], r["extra"]) for r in rows] == [(None, None), (40.0, '{"rssi": -70}'), (40.0, None)]
+    rows = await db.fetch(f"SELECT {', '.join(sql.TELEMETRY_COLUMNS[:6])}, extra::text FROM telemetry ORDER BY ts")
+    stored = [(*t[:6], None if t.extra is None else json.loads(t.extra)) for t in odd]
+    assert [(*r[:6], None if r[6] is None else json.loads(r[6])) for r in rows] == stored
+
+
+async def test_the_copy_goes_in_pieces_and_a_value_refused_in_a_later_piece_stores_none_of_it(
+    writer: tuple[BatchWriter, list[int]], db: asyncpg.Connection
+) -> None:
+    w, batches = writer
+    many = [reading(i, device="MANY") for i in range(sql.COPY_PIECE_ROWS * 2 + 10)]
+    pieces = list(sql.telemetry_copy_pieces(many))
+    assert len(pieces) == 3 and pieces[0].startswith(sql.COPY_HEADER) and pieces[-1].endswith(sql.COPY_TRAILER)
+    assert b"".join(pieces) == sql.telemetry_copy(many)
+    # One message of many rows, one of them past int8 in the second piece: its first piece was sent
+    # and stored before the value was met, and is rolled back with the rest; the message is a dead
+    # letter, the message beside it commits.
+    bad = [*many[: sql.COPY_PIECE_ROWS + 5], reading(9999, device="MANY", memory_free=2**63)]
+    w.add(pending(bad, topic="t/MANY/telemetry"))
+    w.add(pending([reading(0, device="ONE")]))
+    await eventually(lambda: sum(batches) == 2)
+    assert await db.fetchval("SELECT array_agg(DISTINCT device_id) FROM telemetry") == ["ONE"]
+    assert await db.fetchval("SELECT count(*) FROM telemetry") == 1
+    dead = await db.fetchrow("SELECT topic, error_message FROM dead_letters")
+    assert dead["topic"] == "t/MANY/telemetry" and "invalid input for telemetry" in dead["error_message"]
+    # The same rows without the bad one go in three pieces, every row stored once.
+    w.add(pending(many, topic="t/MANY/telemetry"))
+    await eventually(lambda: sum(batches) == 3)
+    assert await db.fetchval("SELECT count(*) FROM telemetry WHERE device_id = 'MANY'") == len(many)
 
 
 async def test_redelivered_rows_and_refused_values_on_the_binary_path(

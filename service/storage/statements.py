@@ -10,7 +10,7 @@ Device rows (last seen, status, liveness) are written by service/watch/liveness.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -145,11 +145,6 @@ def columns(records: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*records, strict=True)]
 
 
-def telemetry_rows(records: Sequence[TelemetryRecord]) -> list[tuple[Any, ...]]:
-    """TELEMETRY_COLUMNS for COPY: received_at as a datetime (COPY has no to_timestamp())."""
-    return [(*r[:7], _from_epoch(r[7])) for r in records]
-
-
 def relay_history_rows(records: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
     """RELAY_HISTORY_COLUMNS for COPY."""
     return [(*r[:5], _from_epoch(r[5])) for r in records]
@@ -187,23 +182,65 @@ def _telemetry_head(device: str) -> bytes:
     return head
 
 
-def telemetry_copy(records: Sequence[TelemetryRecord]) -> bytes | None:
-    """The binary COPY data of TELEMETRY_COLUMNS, or None when a row has another shape (asyncpg's path).
+# Rows a piece of the telemetry COPY holds: PostgreSQL stores a piece while the next is packed.
+COPY_PIECE_ROWS = 500
+_TS = struct.Struct("!iq").pack
+_F8 = struct.Struct("!id").pack
+_I8 = struct.Struct("!iq").pack
+_NULL = struct.pack("!i", -1)
+_READINGS = struct.Struct("!iqidididiq").pack  # ts, 3 x float8, memory_free
+_JSONB = struct.Struct("!ib").pack  # a jsonb value's length, and its format version (1)
+
+
+def telemetry_copy_pieces(records: Sequence[TelemetryRecord], rows: int = COPY_PIECE_ROWS) -> Iterator[bytes]:
+    """The binary COPY data of TELEMETRY_COLUMNS in pieces of `rows` rows, the first with the
+    header and the last with the trailer: the writer sends each as soon as it is packed.
 
     Raises ValueError (struct.error, UnicodeEncodeError) or OverflowError for a value the column
-    cannot hold, as asyncpg's encoder would.
+    cannot hold, as asyncpg's encoder would; the pieces before hold whole rows.
     """
-    out = [COPY_HEADER]
-    add = out.append
     heads, tail = _telemetry_heads, _TELEMETRY_TAIL
     epoch, us, epoch_s = _PG_EPOCH, _US, _PG_EPOCH_S
-    for device, ts, t, h, v, m, extra, received in records:
-        if t is None or h is None or v is None or m is None or extra is not None:
-            return None
-        add(heads.get(device) or _telemetry_head(device))
-        add(tail(8, (ts - epoch) // us, 8, t, 8, h, 8, v, 8, m, -1, 8, round((received - epoch_s) * 1e6)))
+    out = [COPY_HEADER]
+    add = out.append
+    for start in range(0, len(records), rows):
+        for device, ts, t, h, v, m, extra, received in records[start : start + rows]:
+            if t is None or h is None or v is None or m is None or extra is not None:
+                add(_telemetry_row(device, ts, t, h, v, m, extra, received))
+                continue
+            add(heads.get(device) or _telemetry_head(device))
+            add(tail(8, (ts - epoch) // us, 8, t, 8, h, 8, v, 8, m, -1, 8, round((received - epoch_s) * 1e6)))
+        if start + rows < len(records):
+            yield b"".join(out)
+            out.clear()
     add(COPY_TRAILER)
-    return b"".join(out)
+    yield b"".join(out)
+
+
+def telemetry_copy(records: Sequence[TelemetryRecord]) -> bytes:
+    """The whole binary COPY data of TELEMETRY_COLUMNS (telemetry_copy_pieces() joined)."""
+    return b"".join(telemetry_copy_pieces(records))
+
+
+def _telemetry_row(
+    device: str, ts: datetime, t: float | None, h: float | None, v: float | None, m: int | None,
+    extra: str | None, received: float,
+) -> bytes:  # fmt: skip
+    """A row of another shape than the common one: extra fields (every reading there, the usual
+    case of such a row, in one pack), or a reading missing (field by field)."""
+    stamp = (ts - _PG_EPOCH) // _US
+    if t is not None and h is not None and v is not None and m is not None:
+        body = _READINGS(8, stamp, 8, t, 8, h, 8, v, 8, m)
+    else:
+        body = b"".join((_TS(8, stamp), *(_NULL if x is None else _F8(8, x) for x in (t, h, v)),
+                         _NULL if m is None else _I8(8, m)))  # fmt: skip
+    if extra is None:
+        doc = _NULL
+    else:
+        text = extra.encode()
+        doc = _JSONB(len(text) + 1, 1) + text  # jsonb's binary form: version 1, then the text
+    return b"".join((_telemetry_heads.get(device) or _telemetry_head(device), body, doc,
+                     _TS(8, round((received - _PG_EPOCH_S) * 1e6))))  # fmt: skip
 
 
 def _relay_packer(device_len: int, by_len: int) -> _Packer:

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -382,11 +382,7 @@ class BatchWriter:
         ahead: Folded | None = None
         if g.telemetry:
             if copy:
-                data = _encoded("telemetry", sql.telemetry_copy, g.telemetry)
-                if data is not None:
-                    ahead = await self._copy_telemetry(conn, data, g.telemetry)
-                else:
-                    await _copy(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_rows(g.telemetry))
+                ahead = await self._copy_telemetry(conn, g.telemetry)
                 inserted = g.telemetry  # COPY stores every row or fails
             elif self._stats is not None:
                 inserted = await conn.fetch(sql.INSERT_TELEMETRY_RETURNING, *sql.columns(g.telemetry, 8))
@@ -416,15 +412,16 @@ class BatchWriter:
             # Last: a writer holding stats rows waits for no other lock of the batch (no deadlock).
             await self._stats.apply(conn, inserted, ahead)
 
-    async def _copy_telemetry(self, conn: asyncpg.Connection, data: bytes, rows: Sequence[Any]) -> Folded | None:
+    async def _copy_telemetry(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> Folded | None:
         """COPY the rows; with statistics on, fold them meanwhile (Stats.fold_ahead). One step of
-        the COPY's task sends the statement and all its data, so PostgreSQL stores the rows on the
-        other core while the fold runs here: the two overlap on the batch's critical path."""
+        the COPY's task packs and sends all its pieces, so PostgreSQL stores the rows on the other
+        core while the fold runs here: the two overlap on the batch's critical path."""
         stats = self._stats
+        copy = _copy_pieces(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_copy_pieces(rows))
         if stats is None or len(rows) <= SMALL_BATCH:
-            await _copy_binary(conn, "telemetry", sql.TELEMETRY_COLUMNS, data)
+            await copy
             return None
-        copying = asyncio.ensure_future(_copy_binary(conn, "telemetry", sql.TELEMETRY_COLUMNS, data))
+        copying = asyncio.ensure_future(copy)
         try:
             await asyncio.sleep(0)  # the task's first step: the COPY is on its way
             ahead = stats.fold_ahead(rows)
@@ -459,6 +456,36 @@ async def _copy_binary(conn: asyncpg.Connection, table: str, columns: Sequence[s
         await conn.copy_to_table(table, source=_one_chunk(data), columns=columns, format="binary")
     except asyncpg.UniqueViolationError as exc:
         raise _Redelivered(table) from exc
+
+
+async def _copy_pieces(conn: asyncpg.Connection, table: str, columns: Sequence[str], pieces: Iterator[bytes]) -> None:
+    """Binary COPY of data packed piece by piece as it is sent: PostgreSQL stores a piece while
+    the next is packed. A value the column cannot hold ends the data after the last whole piece
+    (no CopyFail, whose cancel request could hit a later statement); the transaction is then
+    rolled back by the ValueRefused raised here."""
+    refused: list[Exception] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        sent = False
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration:
+                return
+            except (ValueError, TypeError, OverflowError, struct.error) as exc:
+                refused.append(exc)
+                if not sent:
+                    yield sql.COPY_HEADER  # PostgreSQL refuses binary data without one
+                return
+            sent = True
+            yield piece
+
+    try:
+        await conn.copy_to_table(table, source=source(), columns=columns, format="binary")
+    except asyncpg.UniqueViolationError as exc:
+        raise _Redelivered(table) from exc
+    if refused:
+        raise ValueRefused(f"invalid input for {table}: {refused[0]}") from refused[0]
 
 
 async def _copy(conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
