@@ -1,15 +1,18 @@
-"""One-minute and one-hour rollups of telemetry, recomputed by a sweep from the raw rows.
+"""One-minute and one-hour rollups of telemetry, kept by a sweep from the raw rows.
 
 Nothing happens per message or per batch: every ROLLUP_INTERVAL_SECONDS one replica (advisory
-lock, see jobs.py) finds the rows received since its watermark (`received_at`, through the BRIN
-index), and recomputes every minute bucket they fall in *from all raw rows of that bucket*, then
-the hours those minutes fall in from the minutes. A late sample, a redelivered one (stored once by
-the writer's ON CONFLICT, so counted once) or a whole late batch only makes its buckets be
-recomputed: a rollup is always what a GROUP BY over the raw rows says at the time of the sweep.
+lock, see jobs.py) aggregates the rows received since its watermark (`received_at`, through the
+BRIN index) per device and minute, and merges them into the minute rollups (counts and sums add,
+min and max take the extremes); then it recomputes the hours those minutes fall in from the
+minutes. Each raw row is counted by exactly one sweep, the one whose window holds its
+received_at: a late sample lands in its (old) bucket, a redelivered one is stored once by the
+writer's ON CONFLICT and so counted once. So a rollup is what a GROUP BY over the raw rows says.
 
 The watermark trails the clock by ROLLUP_SETTLE_SECONDS: a row is stamped `received_at` when the
-service receives the message, and committed a little later (the writer's linger, its backlog).
-A bucket whose raw rows retention has dropped (before `raw_complete_from`) is never recomputed.
+service receives the message, and committed a little later (the writer's batch, its backlog). A
+row committed more than that after it was received would be missed (as it was when a touched minute
+was recomputed from its raw rows: its minute is complete by then, so no later row touches it).
+A bucket whose raw rows retention has dropped (before `raw_complete_from`) is never swept again.
 """
 
 from __future__ import annotations
@@ -52,22 +55,27 @@ def _raw_partials(prefix: str = "") -> str:
 
 _UPSERT = f"ON CONFLICT (device_id, bucket) DO UPDATE SET {_SET} WHERE {_CHANGED}"
 
-# Each touched bucket is recomputed by an index range scan of its own (LATERAL): a join on the
-# time range would make the planner hash whole devices' rows against every bucket.
-_MINUTES = f"""
-WITH touched AS (
-    SELECT DISTINCT device_id, date_bin('1 minute', ts, :origin) AS bucket
-    FROM telemetry
-    WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
+# The rows received since the last sweep, per device and minute, merged into the minute rollups:
+# a raw row is read once, by the sweep whose window holds its received_at (recomputing each touched
+# minute from all its raw rows read a filling minute again at every sweep: at a 2 s interval, each
+# row about 15 times). Counts and sums add up, min and max take the extremes (least and greatest
+# ignore NULLs; a sum is NULL only while its count is 0).
+_MERGE = ", ".join(
+    ["n = r.n + EXCLUDED.n"]
+    + [
+        f"{m}_count = r.{m}_count + EXCLUDED.{m}_count, "
+        f"{m}_sum = coalesce(r.{m}_sum + EXCLUDED.{m}_sum, r.{m}_sum, EXCLUDED.{m}_sum), "
+        f"{m}_min = least(r.{m}_min, EXCLUDED.{m}_min), {m}_max = greatest(r.{m}_max, EXCLUDED.{m}_max)"
+        for m in METRICS
+    ]
 )
+_MINUTES = f"""
 INSERT INTO telemetry_rollup_1m AS r (device_id, bucket, {", ".join(_COLUMNS)})
-SELECT k.device_id, k.bucket, a.*
-FROM touched k CROSS JOIN LATERAL (
-    SELECT count(*) AS n, {_raw_partials("t.")}
-    FROM telemetry t
-    WHERE t.device_id = k.device_id AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
-) a
-{_UPSERT}
+SELECT device_id, date_bin('1 minute', ts, :origin), count(*), {_raw_partials()}
+FROM telemetry
+WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
+GROUP BY 1, 2
+ON CONFLICT (device_id, bucket) DO UPDATE SET {_MERGE}
 """
 
 # The first sweep (nothing rolled up yet, as after the migration): one pass over everything.
