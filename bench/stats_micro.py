@@ -20,6 +20,7 @@ from typing import Any
 
 from service.notify.outbox import WEBHOOK, Outbox
 from service.records import TelemetryRecord
+from service.stats import store
 from service.stats.store import Stats
 
 BATCH, DEVICES, ROUNDS, WARM = 2000, 500, 60, 20
@@ -27,24 +28,26 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class Table:
-    """What the two statistics statements see of telemetry_stats (alerts: nothing to return)."""
+    """What the statistics statements see of telemetry_stats: LOCK and WRITE (each written row
+    gets a new version, as its xmin; alerts: nothing to return)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, tuple[str, list[str], bytes]] = {}
+        self.version = 0
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        if "FOR UPDATE" in query and "telemetry_stats" in query:
+        if query == store.LOCK:
             return [self.rows[d] for d in args[0] if d in self.rows]
-        return []
-
-    async def fetchval(
-        self, query: str, devices: list[str], names: list[Any], states: list[bytes], created: list[bool]
-    ) -> int:
-        for d, n, s in zip(devices, names, states, strict=True):
+        if query != store.WRITE:
+            return []
+        out = []
+        for d, n, s in zip(*args[:3], strict=True):
             old = self.rows.get(d)
             kept = n.split("\x1f") if n is not None else old[1] if old else []
             self.rows[d] = (d, kept, s)
-        return sum(created)
+            self.version += 1
+            out.append((d, self.version, None, None))
+        return out
 
     async def execute(self, query: str, *args: Any) -> str:
         return ""
