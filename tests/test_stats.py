@@ -21,6 +21,7 @@ from service.records import TelemetryRecord
 from service.stats.ewma import Params, fresh, observe
 from service.stats.read import decode
 from service.stats.store import Stats
+from service.storage.statements import TELEMETRY_FIXED
 from service.storage.writer import BatchWriter, Pending
 from tests.conftest import ServiceFactory, eventually
 from tests.support.publisher import Publisher
@@ -278,10 +279,12 @@ class AheadStats(Stats):
     def __init__(self) -> None:
         super().__init__(Outbox([(WEBHOOK, "http://127.0.0.1:9/hook")]), Params())
         self.ahead: list[bool] = []
+        self.fixed: list[bool] = []  # whether the COPY's packed readings came with the rows
 
-    def fold_ahead(self, rows: Sequence[Sequence[Any]]) -> Any:
-        folded = super().fold_ahead(rows)
+    def fold_ahead(self, rows: Sequence[Sequence[Any]], fixed: bytes | None = None) -> Any:
+        folded = super().fold_ahead(rows, fixed)
         self.ahead.append(folded is not None)
+        self.fixed.append(fixed is not None and len(fixed) == len(rows) * TELEMETRY_FIXED.size)
         return folded
 
 
@@ -304,7 +307,7 @@ async def test_a_batch_folded_while_its_copy_runs_is_stored_as_observe_says(
     w = BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
     await write(w, full(values), per_batch=50)
     await w.close()
-    assert stats.ahead == [False, True, True, True]
+    assert stats.ahead == [False, True, True, True] and stats.fixed == [True] * 4
     assert_figures(await figures(db), reference(list(enumerate(values))))
     humidity = await figures(db, "humidity")
     assert (humidity["count"], humidity["min"], humidity["max"]) == (200, 50.0, 50.0)

@@ -73,6 +73,7 @@ from service.stats.ewma import (
     observe,
 )
 from service.stats.fold import fold
+from service.storage.statements import TELEMETRY_FIXED
 from service.watch.alerts import AlertSpec, open_alerts, resolve_alerts
 
 ANOMALY = "anomaly"
@@ -181,15 +182,17 @@ class Stats:
         if ended:
             await resolve_alerts(conn, self._outbox, ended)
 
-    def fold_ahead(self, rows: Sequence[Sequence[Any]]) -> Folded | None:
+    def fold_ahead(self, rows: Sequence[Sequence[Any]], fixed: bytes | None = None) -> Folded | None:
         """apply()'s fold, before the rows are stored: the writer runs it while PostgreSQL takes
         the batch's COPY (which stores every row or none), not after it. Only when every device's
         row is cached (the steady state): otherwise the fold needs the rows LOCK reads. Nothing
-        but the returned batch changes; WRITE still checks each cached row's version."""
+        but the returned batch changes; WRITE still checks each cached row's version. `fixed`:
+        the rows' fixed parts as the COPY packed them (statements.telemetry_copy_pieces), if
+        there is one for every row: their samples are read from it."""
         cached = self._cached(sorted(set(map(_device, rows))))
         if cached is None:
             return None
-        return Folded(rows, cached, *self.fold(cached, rows))
+        return Folded(rows, cached, *self.fold(cached, rows, fixed))
 
     def _cached(self, devices: list[str]) -> Batch | None:
         cache = self._cache
@@ -197,30 +200,42 @@ class Stats:
             return None
         return Batch(devices, [(d, *cache[d][:2]) for d in devices], seen=[cache[d][2] for d in devices])
 
-    def fold(self, batch: Batch, rows: Sequence[Sequence[Any]]) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
+    def fold(
+        self, batch: Batch, rows: Sequence[Sequence[Any]], fixed: bytes | None = None
+    ) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
         """The Python side of apply(): fold the rows into the batch's states; returns the alerts to
-        open (or bump) and to resolve."""
+        open (or bump) and to resolve. `fixed`: see fold_ahead()."""
         if len(rows) <= SMALL_BATCH:
             return self._fold_scalar(batch, rows)
-        return self._fold_vector(batch, rows)
+        return self._fold_vector(batch, rows, fixed)
 
     def _fold_vector(
-        self, batch: Batch, rows: Sequence[Sequence[Any]]
+        self, batch: Batch, rows: Sequence[Sequence[Any]], fixed: bytes | None = None
     ) -> tuple[list[AlertSpec], list[tuple[str, str, str]]]:
         """fold() with NumPy: arrays over all the batch's samples at once (service/stats/fold.py)."""
         n = len(rows)
         slot = batch.slot
         slots = np.fromiter(map(slot.__getitem__, map(_device, rows)), np.intp, n)
-        ts = np.rint(np.fromiter(map(_timestamp, map(_ts, rows)), np.float64, n) * 1e6)
-        # None becomes NaN; NaN and infinities are never folded in (one would poison the average).
-        try:
-            values = np.fromiter(chain.from_iterable(map(_known, rows)), np.float64, n * len(KNOWN))
-        except TypeError:  # a None among them
-            values = np.array(list(map(_known, rows)), dtype=np.float64)
-        values = values.reshape(n, len(KNOWN))
+        extras = True
+        if fixed is not None and len(fixed) == n * _FIXED.itemsize:
+            # The COPY's own packing: rows of the common shape (every reading, no extra fields).
+            packed = np.frombuffer(fixed, _FIXED)
+            ts = packed["ts"].astype(np.float64) + _PG_EPOCH_US
+            values = np.empty((n, len(KNOWN)), np.float64)
+            for m, metric in enumerate(KNOWN):
+                values[:, m] = packed[metric]
+            extras = False
+        else:
+            ts = np.rint(np.fromiter(map(_timestamp, map(_ts, rows)), np.float64, n) * 1e6)
+            # None becomes NaN; NaN and infinities are never folded in (one would poison the average).
+            try:
+                values = np.fromiter(chain.from_iterable(map(_known, rows)), np.float64, n * len(KNOWN))
+            except TypeError:  # a None among them
+                values = np.array(list(map(_known, rows)), dtype=np.float64)
+            values = values.reshape(n, len(KNOWN))
         finite = np.isfinite(values)
         order = np.argsort(ts, kind="stable")  # a metric's samples in (device) time order
-        extra = self._discover(batch, rows, slots, ts, finite, order)
+        extra = self._discover(batch, rows, slots, ts, finite, order, extras)
         base = batch.layout()
         columns = batch.columns[slots] + base[slots, None]
         taken = finite[order].ravel()
@@ -320,12 +335,17 @@ class Stats:
         ts: npt.NDArray[np.float64],
         finite: npt.NDArray[np.bool_],
         order: npt.NDArray[np.intp],
+        extras: bool = True,
     ) -> list[tuple[int, int, float, float]]:
         """Metrics new to their device, added in the order they come (by time), and the samples
         of extra payload fields (device slot, metric index, ts, value). Only rows of a device
-        that is new, lacks a known metric or sends extra fields are looked at one by one."""
+        that is new, lacks a known metric or sends extra fields are looked at one by one.
+        `extras` False: no row has extra fields."""
         new_known = finite & (batch.columns[slots] < 0)
-        has_extra = np.fromiter(map(bool, map(_extra, rows)), np.bool_, len(rows))
+        if extras:
+            has_extra = np.fromiter(map(bool, map(_extra, rows)), np.bool_, len(rows))
+        else:
+            has_extra = np.zeros(len(rows), np.bool_)
         look = new_known.any(axis=1) | has_extra
         if not look.any():
             return []
@@ -465,6 +485,14 @@ _timestamp = datetime.timestamp
 _KNOWN_LIST = list(KNOWN)
 _KNOWN_COLUMNS = np.arange(len(KNOWN), dtype=np.intp)
 _ROW = K * 8  # bytes of a metric's state
+# statements.TELEMETRY_FIXED as NumPy reads it (big-endian, unaligned): timestamps in µs since 2000.
+_FIXED = np.dtype([
+    ("_", ">i4"), ("ts", ">i8"), ("_t", ">i4"), ("temperature", ">f8"), ("_h", ">i4"), ("humidity", ">f8"),
+    ("_v", ">i4"), ("voltage", ">f8"), ("_m", ">i4"), ("memory_free", ">i8"), ("_e", ">i4"), ("_r", ">i4"),
+    ("received", ">i8"),
+])  # fmt: skip
+assert _FIXED.itemsize == TELEMETRY_FIXED.size
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970
 _FRESH_ROW = np.array(FRESH, dtype="<f8").tobytes()
 
 

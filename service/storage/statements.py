@@ -169,7 +169,8 @@ _relay_packers: dict[tuple[int, int], _Packer] = {}
 # A telemetry row is its device's head (field count, name length, name: the same bytes every time,
 # kept per device) and a tail of one fixed format: one dict lookup a row instead of an encode()
 # and a format per name length.
-_TELEMETRY_TAIL = struct.Struct("!iqidididiqiiq").pack  # ts, 3 x float8, memory_free, extra NULL, received_at
+TELEMETRY_FIXED = struct.Struct("!iqidididiqiiq")  # ts, 3 x float8, memory_free, extra NULL, received_at
+_TELEMETRY_TAIL = TELEMETRY_FIXED.pack
 _HEADS_LIMIT = 100_000  # devices whose head is kept; past it the dict starts afresh
 
 
@@ -192,9 +193,15 @@ _READINGS = struct.Struct("!iqidididiq").pack  # ts, 3 x float8, memory_free
 _JSONB = struct.Struct("!ib").pack  # a jsonb value's length, and its format version (1)
 
 
-def telemetry_copy_pieces(records: Sequence[TelemetryRecord], rows: int = COPY_PIECE_ROWS) -> Iterator[bytes]:
+def telemetry_copy_pieces(
+    records: Sequence[TelemetryRecord], rows: int = COPY_PIECE_ROWS, fixed: list[bytes] | None = None
+) -> Iterator[bytes]:
     """The binary COPY data of TELEMETRY_COLUMNS in pieces of `rows` rows, the first with the
     header and the last with the trailer: the writer sends each as soon as it is packed.
+
+    `fixed`, if given, receives per piece the fixed parts of its rows joined (TELEMETRY_FIXED:
+    the timestamp, the four readings, received_at, as packed), as long as every row has the
+    common shape: the statistics read their samples from them rather than from the records.
 
     Raises ValueError (struct.error, UnicodeEncodeError) or OverflowError for a value the column
     cannot hold, as asyncpg's encoder would; the pieces before hold whole rows.
@@ -203,13 +210,18 @@ def telemetry_copy_pieces(records: Sequence[TelemetryRecord], rows: int = COPY_P
     epoch, us, epoch_s = _PG_EPOCH, _US, _PG_EPOCH_S
     out = [COPY_HEADER]
     add = out.append
+    common = fixed is not None
     for start in range(0, len(records), rows):
+        first = len(out) + 1  # out alternates a row's head and its fixed part while rows are common
         for device, ts, t, h, v, m, extra, received in records[start : start + rows]:
             if t is None or h is None or v is None or m is None or extra is not None:
                 add(_telemetry_row(device, ts, t, h, v, m, extra, received))
+                common = False
                 continue
             add(heads.get(device) or _telemetry_head(device))
             add(tail(8, (ts - epoch) // us, 8, t, 8, h, 8, v, 8, m, -1, 8, round((received - epoch_s) * 1e6)))
+        if common and fixed is not None:
+            fixed.append(b"".join(out[first::2]))
         if start + rows < len(records):
             yield b"".join(out)
             out.clear()

@@ -417,14 +417,15 @@ class BatchWriter:
         the COPY's task packs and sends all its pieces, so PostgreSQL stores the rows on the other
         core while the fold runs here: the two overlap on the batch's critical path."""
         stats = self._stats
-        copy = _copy_pieces(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_copy_pieces(rows))
         if stats is None or len(rows) <= SMALL_BATCH:
-            await copy
+            await _copy_pieces(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_copy_pieces(rows))
             return None
-        copying = asyncio.ensure_future(copy)
+        fixed: list[bytes] = []  # the rows' readings as packed, for the fold (complete unless a row is odd)
+        pieces = sql.telemetry_copy_pieces(rows, fixed=fixed)
+        copying = asyncio.ensure_future(_copy_pieces(conn, "telemetry", sql.TELEMETRY_COLUMNS, pieces))
         try:
             await asyncio.sleep(0)  # the task's first step: the COPY is on its way
-            ahead = stats.fold_ahead(rows)
+            ahead = stats.fold_ahead(rows, b"".join(fixed))
         except BaseException:
             copying.cancel()
             with contextlib.suppress(BaseException):
