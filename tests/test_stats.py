@@ -288,6 +288,11 @@ class AheadStats(Stats):
         return folded
 
 
+def ahead_writer(engine: Any) -> tuple[AheadStats, BatchWriter]:
+    stats = AheadStats()
+    return stats, BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
+
+
 def full(values: Sequence[float], device: str = DEVICE, start: int = 0) -> list[TelemetryRecord]:
     """series() with every known reading: the rows the writer sends as binary COPY."""
     now = time.time()
@@ -303,8 +308,7 @@ async def test_a_batch_folded_while_its_copy_runs_is_stored_as_observe_says(
     # Binary COPY batches of a cached device are folded ahead (during the COPY); the first one,
     # whose device has no cached row, is not. Each metric's figures are observe()'s.
     values = stable(200)
-    stats = AheadStats()
-    w = BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
+    stats, w = ahead_writer(engine)
     await write(w, full(values), per_batch=50)
     await w.close()
     assert stats.ahead == [False, True, True, True] and stats.fixed == [True] * 4
@@ -320,8 +324,7 @@ async def test_a_batch_folded_ahead_whose_copy_fails_counts_only_what_it_stored(
     # cached row, its COPY then fails on the 50 rows stored already, and that fold is dropped: the
     # batch written again with ON CONFLICT counts its 50 new samples only (150, not 200).
     values = stable(150)
-    stats = AheadStats()
-    w = BatchWriter(engine, batch_size=10_000, linger=0, stats=stats)
+    stats, w = ahead_writer(engine)
     await write(w, full(values[:100]), per_batch=10_000)
     await write(w, full(values[50:], start=50), per_batch=10_000)
     await w.close()
