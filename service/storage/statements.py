@@ -26,7 +26,6 @@ from service.records import (
     TelemetryRecord,
 )
 from service.storage import json_rows
-from service.storage.pgtime import to_timestamp
 
 INSERT_TELEMETRY = """
 INSERT INTO telemetry (device_id, ts, temperature, humidity, voltage, memory_free, extra, received_at)
@@ -111,9 +110,6 @@ class Grouped:
     seen: dict[str, float] = field(default_factory=dict)
 
 
-# Not datetime.fromtimestamp: COPY must store the instant to_timestamp() stores for the same message.
-_from_epoch = to_timestamp
-
 _BUCKET = {
     TelemetryRecord: "telemetry",
     StatusRecord: "status",
@@ -143,11 +139,6 @@ def columns(records: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     if not records:
         return [[] for _ in range(width)]
     return [list(col) for col in zip(*records, strict=True)]
-
-
-def relay_history_rows(records: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:
-    """RELAY_HISTORY_COLUMNS for COPY."""
-    return [(*r[:5], _from_epoch(r[5])) for r in records]
 
 
 # -- COPY in PostgreSQL's binary format, preformatted ------------------------------------------
@@ -185,9 +176,8 @@ def _telemetry_head(device: str) -> bytes:
 
 # Rows a piece of the telemetry COPY holds: PostgreSQL stores a piece while the next is packed.
 COPY_PIECE_ROWS = 500
-_TS = struct.Struct("!iq").pack
+_I8 = struct.Struct("!iq").pack  # an int8, or a timestamptz (µs since 2000), with its length
 _F8 = struct.Struct("!id").pack
-_I8 = struct.Struct("!iq").pack
 _NULL = struct.pack("!i", -1)
 _READINGS = struct.Struct("!iqidididiq").pack  # ts, 3 x float8, memory_free
 _JSONB = struct.Struct("!ib").pack  # a jsonb value's length, and its format version (1)
@@ -244,7 +234,7 @@ def _telemetry_row(
     if t is not None and h is not None and v is not None and m is not None:
         body = _READINGS(8, stamp, 8, t, 8, h, 8, v, 8, m)
     else:
-        body = b"".join((_TS(8, stamp), *(_NULL if x is None else _F8(8, x) for x in (t, h, v)),
+        body = b"".join((_I8(8, stamp), *(_NULL if x is None else _F8(8, x) for x in (t, h, v)),
                          _NULL if m is None else _I8(8, m)))  # fmt: skip
     if extra is None:
         doc = _NULL
@@ -252,7 +242,7 @@ def _telemetry_row(
         text = extra.encode()
         doc = _JSONB(len(text) + 1, 1) + text  # jsonb's binary form: version 1, then the text
     return b"".join((_telemetry_heads.get(device) or _telemetry_head(device), body, doc,
-                     _TS(8, round((received - _PG_EPOCH_S) * 1e6))))  # fmt: skip
+                     _I8(8, round((received - _PG_EPOCH_S) * 1e6))))  # fmt: skip
 
 
 def _relay_packer(device_len: int, by_len: int) -> _Packer:
@@ -263,8 +253,9 @@ def _relay_packer(device_len: int, by_len: int) -> _Packer:
     return pack
 
 
-def relay_history_copy(records: Sequence[RelayRecord]) -> bytes | None:
-    """The binary COPY data of RELAY_HISTORY_COLUMNS (every shape: only triggered_by may be NULL)."""
+def relay_history_pieces(records: Sequence[RelayRecord]) -> Iterator[bytes]:
+    """The binary COPY data of RELAY_HISTORY_COLUMNS in one piece (every shape: only triggered_by
+    may be NULL), packed when asked for; raises as telemetry_copy_pieces() does."""
     out = [COPY_HEADER]
     add = out.append
     packers = _relay_packers
@@ -283,7 +274,7 @@ def relay_history_copy(records: Sequence[RelayRecord]) -> bytes | None:
             pack = packers.get((n, b)) or _relay_packer(n, b)
             add(pack(6, n, name, 4, relay, 8, stamp, 1, state, b, text, 8, seen))
     add(COPY_TRAILER)
-    return b"".join(out)
+    yield b"".join(out)
 
 
 def newest_relays(relays: Sequence[RelayRecord]) -> list[tuple[Any, ...]]:

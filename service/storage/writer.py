@@ -390,12 +390,8 @@ class BatchWriter:
                 await conn.execute(sql.INSERT_TELEMETRY, *sql.columns(g.telemetry, 8))
         if g.relays:
             if copy:
-                data = _encoded("relay_state_history", sql.relay_history_copy, g.relays)
-                if data is not None:
-                    await _copy_binary(conn, "relay_state_history", sql.RELAY_HISTORY_COLUMNS, data)
-                else:
-                    rows = sql.relay_history_rows(g.relays)
-                    await _copy(conn, "relay_state_history", sql.RELAY_HISTORY_COLUMNS, rows)
+                pieces = sql.relay_history_pieces(g.relays)
+                await _copy_pieces(conn, "relay_state_history", sql.RELAY_HISTORY_COLUMNS, pieces)
             else:
                 await conn.execute(sql.INSERT_RELAY_HISTORY, *sql.columns(g.relays, 6))
             await self._watch.relays(conn, g.relays)  # locks and compares critical relays first
@@ -439,26 +435,8 @@ class _Redelivered(Exception):
     """COPY met a row that is stored already: the batch goes again with ON CONFLICT statements."""
 
 
-def _encoded(table: str, encode: Callable[[Any], bytes | None], records: Sequence[Record]) -> bytes | None:
-    try:
-        return encode(records)
-    except (ValueError, TypeError, OverflowError, struct.error) as exc:
-        # A value its column cannot hold (an int8 out of range, text that is not UTF-8): refused
-        # for good, as asyncpg's encoder or PostgreSQL would.
-        raise ValueRefused(f"invalid input for {table}: {exc}") from exc
-
-
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
-async def _copy_binary(conn: asyncpg.Connection, table: str, columns: Sequence[str], data: bytes) -> None:
-    try:
-        await conn.copy_to_table(table, source=_one_chunk(data), columns=columns, format="binary")
-    except asyncpg.UniqueViolationError as exc:
-        raise _Redelivered(table) from exc
-
-
+# COPY costs PostgreSQL about 5 µs a row where INSERT … SELECT FROM unnest … ON CONFLICT costs 8
+# (bench/, 2000-row batches), on a box where the database and the service share the CPUs.
 async def _copy_pieces(conn: asyncpg.Connection, table: str, columns: Sequence[str], pieces: Iterator[bytes]) -> None:
     """Binary COPY of data packed piece by piece as it is sent: PostgreSQL stores a piece while
     the next is packed. A value the column cannot hold ends the data after the last whole piece
@@ -487,16 +465,3 @@ async def _copy_pieces(conn: asyncpg.Connection, table: str, columns: Sequence[s
         raise _Redelivered(table) from exc
     if refused:
         raise ValueRefused(f"invalid input for {table}: {refused[0]}") from refused[0]
-
-
-async def _copy(conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-    # COPY costs PostgreSQL about 5 µs a row where INSERT … SELECT FROM unnest … ON CONFLICT costs 8
-    # (bench/, 2000-row batches), on a box where the database and the service share the CPUs.
-    try:
-        await conn.copy_records_to_table(table, records=rows, columns=columns)
-    except asyncpg.UniqueViolationError as exc:
-        raise _Redelivered(table) from exc
-    except (ValueError, TypeError, OverflowError) as exc:
-        # asyncpg encodes COPY rows itself and raises the plain Python error (an executed statement
-        # would raise DataError, SQLSTATE 22000): such a row is refused for good all the same.
-        raise ValueRefused(f"invalid input for {table}: {exc}") from exc
