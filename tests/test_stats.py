@@ -382,3 +382,20 @@ async def test_stored_figures_equal_observe_as_metrics_appear(db: asyncpg.Connec
                 else:
                     assert stored[key] == value, (d, metric, key)
     assert await db.fetchval("SELECT count(*) FROM alerts WHERE kind = 'anomaly'") > 0
+
+
+async def test_stats_rows_are_rewritten_in_place_batch_after_batch(db: asyncpg.Connection, engine: Any) -> None:
+    # Every batch rewrites its devices' rows: with room on their pages the new versions stay there
+    # (HOT updates, migration 0009) and the table keeps its size instead of growing by a copy of
+    # itself per batch until autovacuum comes by.
+    devices = [f"H{i:03d}" for i in range(200)]
+    records = [rec for d in devices for rec in full(stable(40, seed=len(d)), device=d)]
+    records.sort(key=lambda r: r.ts)
+    w = writer(engine)
+    await write(w, records[: len(devices)], per_batch=len(devices))
+    pages = await db.fetchval("SELECT pg_relation_size('telemetry_stats') / current_setting('block_size')::int")
+    await write(w, records[len(devices) :], per_batch=len(devices))
+    await w.close()
+    assert [(await figures(db, "temperature", d))["count"] for d in devices] == [40] * len(devices)
+    grown = await db.fetchval("SELECT pg_relation_size('telemetry_stats') / current_setting('block_size')::int")
+    assert grown <= 2 * pages, (pages, grown)

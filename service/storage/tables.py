@@ -142,6 +142,8 @@ class Relay(Base):
     triggered_by: Mapped[str | None] = mapped_column(Text)
     ts: Mapped[datetime] = mapped_column(TS)
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    # Updated in place again and again: half of each page free for HOT updates (migration 0009).
+    __table_args__ = ({"postgresql_with": {"fillfactor": 50}},)
 
 
 class RelayStateHistory(Base):
@@ -299,6 +301,8 @@ class RuleState(Base):
     since: Mapped[datetime | None] = mapped_column(TS)  # start of the current true episode
     fired_at: Mapped[datetime | None] = mapped_column(TS)  # device time the episode fired (once)
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    # Updated in place again and again: half of each page free for HOT updates (migration 0009).
+    __table_args__ = ({"postgresql_with": {"fillfactor": 50}},)
 
 
 class RuleFiring(Base):
@@ -390,3 +394,5 @@ class TelemetryStats(Base):
     # Per metric, in `metrics` order, the float8 fields of service/stats/ewma.py, little-endian.
     state: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    # Updated in place again and again: half of each page free for HOT updates (migration 0009).
+    __table_args__ = ({"postgresql_with": {"fillfactor": 50}},)
