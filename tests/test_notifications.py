@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from service.notify.outbox import WEBHOOK, Outbox
 from service.notify.sender import Sender
 from service.notify.webhook import WebhookChannel
-from service.watch.alerts import open_alert, resolve_alerts
+from service.watch.alerts import AlertSpec, change_alerts, open_alert, resolve_alerts
 from tests.conftest import ServiceFactory, eventually
 from tests.support.broker import Broker
 from tests.support.publisher import Publisher
@@ -84,6 +84,33 @@ async def test_alert_opened_again_updates_it_and_resolve_notifies_once(db: async
     assert (first["device_id"], first["kind"], first["key"], first["severity"]) == ("D1", "anomaly", "temperature",
                                                                                      "warning")  # fmt: skip
     assert first["details"] == {"v": 80} and first["at"].endswith("Z")
+
+
+async def test_alerts_opened_and_resolved_together_as_one_after_the_other(db: asyncpg.Connection) -> None:
+    # change_alerts(): one statement for distinct keys, the two in turn when a key is in both.
+    outbox = Outbox([(WEBHOOK, "http://127.0.0.1:9/hook")])
+    async with db.transaction():
+        await open_alert(db, outbox, "D1", "anomaly", "humidity", "warning", "wet")
+        await open_alert(db, outbox, "D2", "anomaly", "humidity", "warning", "wet")
+    hot = [AlertSpec("D1", "anomaly", "temperature", "critical", "hot"), AlertSpec("D2", "anomaly", "humidity")]
+    async with db.transaction():  # D1/humidity resolved, D1/temperature opened, D2/humidity bumped
+        assert await change_alerts(db, outbox, hot, [("D1", "anomaly", "humidity"), ("D3", "anomaly", "x")]) == (1, 1)
+    open_now = await db.fetch("SELECT device_id, key, count FROM alerts WHERE resolved_at IS NULL ORDER BY 1, 2")
+    assert [tuple(r) for r in open_now] == [("D1", "temperature", 1), ("D2", "humidity", 2)]
+    async with db.transaction():  # D3 opened and resolved in the same call: both, in that order
+        spec = AlertSpec("D3", "anomaly", "x", "info", "blip")
+        resolves = [("D3", "anomaly", "x"), ("D2", "anomaly", "humidity")]
+        assert await change_alerts(db, outbox, [spec], resolves) == (1, 2)
+    assert await db.fetchval("SELECT count(*) FROM alerts WHERE resolved_at IS NULL") == 1
+    notes = await db.fetch("SELECT n.device_id, a.key, n.state FROM notifications n JOIN alerts a ON a.id = n.alert_id "
+                           "ORDER BY n.id")
+    got = [tuple(n) for n in notes]
+    assert got[:2] == [("D1", "humidity", "opened"), ("D2", "humidity", "opened")]
+    # Alerts of different keys changed by one statement: their notifications in either order.
+    assert sorted(got[2:4]) == [("D1", "humidity", "resolved"), ("D1", "temperature", "opened")]
+    assert got[4] == ("D3", "x", "opened") and sorted(got[5:]) == [("D2", "humidity", "resolved"),
+                                                                   ("D3", "x", "resolved")]  # fmt: skip
+    assert outbox.written == 7
 
 
 async def test_review_mode_webhook_signature_and_alerts_on_mqtt(

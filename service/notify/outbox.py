@@ -39,16 +39,17 @@ BODY = f"""jsonb_build_object(
     'message', ev.message, 'details', ev.details)::text"""
 
 
-def tail(channel_param: int) -> str:
+def tail(channel_param: int, name: str = "n", events: str = "ev") -> str:
     """The `, n AS (INSERT INTO notifications ...)` CTE; the channels are parameters
-    $channel_param (text[] of channels) and $channel_param+1 (text[] of targets)."""
+    $channel_param (text[] of channels) and $channel_param+1 (text[] of targets). `name` and
+    `events` rename it and the CTE it reads, for a statement that has an `n` or `ev` of its own."""
     a, b = channel_param, channel_param + 1
-    return f""", n AS (
+    return f""", {name} AS (
     INSERT INTO notifications (event_id, channel, target, device_id, kind, state, alert_id, body)
     SELECT ev.event_id, c.channel,
            CASE WHEN c.channel = '{MQTT}' THEN c.target || '/' || ev.device_id || '/' || ev.kind ELSE c.target END,
            ev.device_id, ev.kind, ev.state, ev.alert_id, {BODY}
-    FROM ev CROSS JOIN unnest(${a}::text[], ${b}::text[]) AS c(channel, target)
+    FROM {events} AS ev CROSS JOIN unnest(${a}::text[], ${b}::text[]) AS c(channel, target)
     RETURNING 1
 )"""
 

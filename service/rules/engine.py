@@ -36,7 +36,7 @@ from service.records import RuleRecord
 from service.rules import metrics, peers
 from service.rules.loader import RULE_ALERT, CompiledRule, alert_key
 from service.storage import json_rows
-from service.watch.alerts import AlertSpec, Severity, open_alerts, resolve_alerts
+from service.watch.alerts import AlertSpec, Severity, change_alerts, change_ctes, count_opened
 
 # Creates the batch's missing state rows and locks all of them, in key order, in one statement: the
 # no-op DO UPDATE takes the row lock (as FOR UPDATE would) and RETURNING gives the stored values.
@@ -54,6 +54,9 @@ RETURNING s.rule, s.device_id, s.relay, s.value, s.changed_at, s.since, s.fired_
 # (event_id, channel, target) index keeps a row from being written twice. The changed keys are
 # announced to the other replicas in it too (`p`: pg_notify, delivered at commit); `p` is what the
 # result is read from, so it runs, and there is one row even when nothing fired (rule NULL then).
+# The first change of each rule alert in the batch is made in it as well (`ao`: the alerts of the
+# rises whose firing was inserted, `ar`: the falls; service/watch/alerts.py, change_ctes); a key's
+# later changes in the same batch follow in _alerts().
 WRITE = f"""
 WITH updated AS (
     UPDATE rule_state s
@@ -87,8 +90,16 @@ WITH updated AS (
     RETURNING 1
 ), p AS (
     SELECT count(pg_notify($4 || ':' || current_schema(), x)) AS announced FROM unnest($5::text[]) AS x
-)
-SELECT f.rule, f.device_id, f.relay, f.since, (SELECT count(*) FROM n) AS notified FROM p LEFT JOIN f ON true
+), ao AS (
+    SELECT o.device_id, o.kind, o.key, o.severity, o.message, o.details
+    FROM {json_rows.table(6, "rule text, device_id text, relay int4, since timestamptz, kind text, key text, "
+                             "severity text, message text, details jsonb")} AS o
+    JOIN f ON f.rule = o.rule AND f.device_id = o.device_id AND f.relay = o.relay AND f.since = o.since
+    ORDER BY o.device_id, o.kind, o.key
+), ar AS {json_rows.table(7, "device_id text, kind text, key text")}{change_ctes("ao", "ar", 8)}
+SELECT f.rule, f.device_id, f.relay, f.since, (SELECT count(*) FROM n) AS notified,
+       (SELECT count(*) FROM alert_up WHERE created) AS alerts_opened, (SELECT count(*) FROM alert_r) AS alerts_resolved
+FROM p LEFT JOIN f ON true
 """
 
 Key = tuple[str, str, int]
@@ -208,47 +219,62 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
         return
     actions = [row for f in firings for row in f.outbox_rows()]
     fired = [f.row() for f in firings]
+    by_key = {(f.rule.name, f.device_id, f.relay, f.since): f for f in firings}
+    rounds = _rounds(changes, by_key)
+    opens, resolves = rounds[0] if rounds else ([], [])
     # Announced at commit (and never if we roll back): other replicas' caches learn of it.
     announce = peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed}))
+    if outbox is None:
+        outbox = Outbox()
     # The rows as jsonb parameters (service/storage/json_rows.py): Firing.row()'s actions and
     # context are JSON text, read back as jsonb.
     result = await conn.fetch(WRITE, json_rows.rows(changed), json_rows.rows(fired), json_rows.rows(actions),
-                              peers.CHANNEL, announce)  # fmt: skip
-    inserted = [r for r in result if r["rule"] is not None]
-    if outbox is None:
-        outbox = Outbox()
-    outbox.written += int(result[0]["notified"])
-    if changes:
-        new = {(r["rule"], r["device_id"], r["relay"], r["since"]) for r in inserted}
-        by_key = {(f.rule.name, f.device_id, f.relay, f.since): f for f in firings}
-        await _alerts(conn, outbox, [c for c in changes if c[3] is None or (c[0].name, *c[1:]) in new], by_key)
+                              peers.CHANNEL, announce, json_rows.rows(opens), json_rows.rows(resolves),
+                              *outbox.params())  # fmt: skip
+    head = result[0]
+    outbox.written += int(head["notified"]) + int(head["alerts_resolved"]) * len(outbox.channels)
+    count_opened(outbox, [RULE_ALERT] * int(head["alerts_opened"]))
+    if len(rounds) > 1:
+        new = {(r["rule"], r["device_id"], r["relay"], r["since"]) for r in result if r["rule"] is not None}
+        await _alerts(conn, outbox, rounds[1:], new)
     if firings:
         metrics.count_firings([f.rule.name for f in firings])
 
 
-async def _alerts(conn: asyncpg.Connection, outbox: Outbox, changes: Sequence[Change],
-                  firings: Mapping[tuple[str, str, int, datetime], Firing]) -> None:  # fmt: skip
-    """Open an alert per rise that fired, resolve it per fall, in order per alert: the n-th change of
-    every alert in round n (a device rising, falling and rising in one batch: open, resolve, open)."""
+# A round of alert changes: the rises' alerts as WRITE's `ao` rows (the firing's key, then the
+# alert), the falls' alert keys.
+Round = tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]
+
+
+def _rounds(changes: Sequence[Change], firings: Mapping[tuple[str, str, int, datetime], Firing]) -> list[Round]:
+    """The n-th change of every alert in round n (a device rising, falling and rising in one batch:
+    open, resolve, open), so that no round changes an alert twice."""
     queues: dict[tuple[str, str], list[Change]] = {}
     for change in changes:
         queues.setdefault((change[1], alert_key(change[0].name, change[2])), []).append(change)
-    depth = max(len(q) for q in queues.values())
-    for n in range(depth):
-        opens: list[AlertSpec] = []
-        resolves: list[tuple[str, str, str]] = []
-        for (device, key), queue in queues.items():
-            if n >= len(queue):
-                continue
-            rule, _, relay, since = queue[n]
+    rounds: list[Round] = []
+    for (device, key), queue in queues.items():
+        for n, (rule, _, relay, since) in enumerate(queue):
+            if n == len(rounds):
+                rounds.append(([], []))
             if since is None:
-                resolves.append((device, RULE_ALERT, key))
-            else:
-                spec = firings[(rule.name, device, relay, since)].alert()
-                if spec is not None:
-                    opens.append(spec)
-        await resolve_alerts(conn, outbox, resolves)
-        await open_alerts(conn, outbox, opens)
+                rounds[n][1].append((device, RULE_ALERT, key))
+                continue
+            spec = firings[(rule.name, device, relay, since)].alert()
+            if spec is not None:
+                rounds[n][0].append((rule.name, device, relay, since, spec.kind, spec.key, spec.severity,
+                                     spec.message, json.dumps(spec.details)))  # fmt: skip
+    return rounds
+
+
+async def _alerts(conn: asyncpg.Connection, outbox: Outbox, rounds: Sequence[Round],
+                  new: set[tuple[str, str, int, datetime]]) -> None:  # fmt: skip
+    """The rounds after the first, one statement each: the alerts of the rises whose firing was
+    inserted (`new`) opened, the falls' resolved."""
+    for opens, resolves in rounds:
+        specs = [AlertSpec(row[1], row[4], row[5], row[6], row[7], json.loads(row[8]))
+                 for row in opens if row[:4] in new]  # fmt: skip
+        await change_alerts(conn, outbox, specs, resolves)
 
 
 def _plain(context: dict[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,7 @@ from service.stats.ewma import (
 )
 from service.stats.fold import fold
 from service.storage.statements import TELEMETRY_FIXED
-from service.watch.alerts import AlertSpec, open_alerts, resolve_alerts
+from service.watch.alerts import AlertSpec, change_alerts
 
 ANOMALY = "anomaly"
 KNOWN = ("temperature", "humidity", "voltage", "memory_free")
@@ -177,10 +177,7 @@ class Stats:
             await self._write(conn, batch)
         # Opened (or bumped) first, then ended: an anomaly that began and ended within the batch
         # is opened and resolved (both notified), as it would be over two batches.
-        if opened:
-            await open_alerts(conn, self._outbox, opened)
-        if ended:
-            await resolve_alerts(conn, self._outbox, ended)
+        await change_alerts(conn, self._outbox, opened, ended)
 
     def fold_ahead(self, rows: Sequence[Sequence[Any]], fixed: bytes | None = None) -> Folded | None:
         """apply()'s fold, before the rows are stored: the writer runs it while PostgreSQL takes

@@ -41,7 +41,7 @@ from service import metrics
 from service.notify.outbox import Event, Outbox, emit_events
 from service.records import RelayRecord, StatusRecord
 from service.storage import json_rows
-from service.watch.alerts import OFFLINE, UNKNOWN_DEVICE, AlertSpec, open_alerts, resolve_alerts
+from service.watch.alerts import OFFLINE, UNKNOWN_DEVICE, AlertSpec, change_alerts
 from service.watch.history import HistoryRow
 from service.watch.history import record as record_history
 
@@ -340,6 +340,8 @@ class Watch:
         await conn.execute(UPDATE_STATUS, json_rows.rows(rows))
 
     async def _record(self, conn: asyncpg.Connection, changes: list[Change], created: list[str]) -> None:
+        opens: list[AlertSpec] = []
+        resolves: list[tuple[str, str, str]] = []
         if changes:
             for _device, _at, online, cause in changes:
                 metrics.CONNECTIVITY_CHANGES.labels(cause, "true" if online else "false").inc()
@@ -347,11 +349,12 @@ class Watch:
             final: dict[str, tuple[bool, str, datetime]] = {}
             for device, at, online, cause in changes:
                 final[device] = (online, cause, at)
-            await resolve_alerts(conn, self.outbox, [(d, OFFLINE, "") for d, (on, _, _) in final.items() if on])
-            await open_alerts(conn, self.outbox, [offline_alert(d, cause, at) for d, (on, cause, at) in final.items()
-                                                  if not on])  # fmt: skip
+            resolves = [(d, OFFLINE, "") for d, (on, _, _) in final.items() if on]
+            opens = [offline_alert(d, cause, at) for d, (on, cause, at) in final.items() if not on]
         if created and self.review:
-            await open_alerts(conn, self.outbox, [unknown_device_alert(d) for d in created])
+            opens += [unknown_device_alert(d) for d in created]
+        # A device is either back or offline: no key is both resolved and opened (one statement).
+        await change_alerts(conn, self.outbox, opens, resolves)
 
     # -- critical relays -----------------------------------------------------------------------
 
