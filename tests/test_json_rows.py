@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
@@ -54,3 +55,13 @@ async def test_nul_in_text_is_a_permanent_refusal(db: asyncpg.Connection) -> Non
     with pytest.raises(asyncpg.PostgresError) as refused:
         await db.fetch(READ, json_rows.rows([("a\x00b", None, None, None, None, None)]))
     assert is_permanent(refused.value)
+
+
+async def test_a_jsonb_column_takes_the_value_itself(db: asyncpg.Connection) -> None:
+    # Dicts and lists as they are, None as NULL (not JSON null), NaN and infinities as null inside.
+    values = [{"a": [1, 2.5, "x"], "b": None}, [], "text", None, {"t": float("nan"), "u": float("-inf")}]
+    read = f"SELECT d::text IS NULL AS missing, d FROM {json_rows.table(1, 'n int4, d jsonb')} AS u"
+    got = await db.fetch(read, json_rows.rows([(i, v) for i, v in enumerate(values)]))
+    assert [r["missing"] for r in got] == [False, False, False, True, False]
+    assert [json.loads(r["d"]) if r["d"] is not None else None for r in got] == [
+        {"a": [1, 2.5, "x"], "b": None}, [], "text", None, {"t": None, "u": None}]  # fmt: skip

@@ -294,6 +294,29 @@ async def test_an_alert_rising_falling_and_rising_in_one_batch(clean: asyncpg.Co
     assert await db.fetchval("SELECT count(*) FROM rule_firings") == 2
 
 
+async def test_a_firing_whose_values_json_cannot_write_is_stored_with_nulls(clean: asyncpg.Connection) -> None:
+    """A reading of NaN or infinity (the models accept them; PostgreSQL stores them) in a firing's
+    context and its alert's details: JSON has no such numbers, so they are null there, and the
+    batch is not refused for them."""
+    from service.notify.outbox import WEBHOOK, Outbox
+    from service.records import RuleRecord
+    from service.rules import engine
+    from service.rules.loader import load_text
+
+    db = clean
+    text = RULES.replace("PREFIX", "x").replace("HOOK", "http://127.0.0.1:9/h")
+    rule = load_text(text, build_router("x"))["overheat"]
+    context = {"device_id": "ESP32_8", "temperature": float("nan"), "humidity": float("inf")}
+    async with db.transaction():
+        await engine.apply(db, [RuleRecord("ESP32_8", -1, T0, ((rule, True),), context, "test")],
+                           Outbox([(WEBHOOK, "http://127.0.0.1:9/alerts")]))  # fmt: skip
+    stored = await db.fetchval("SELECT context FROM rule_firings WHERE device_id = 'ESP32_8'")
+    assert json.loads(stored) == {"device_id": "ESP32_8", "temperature": None, "humidity": None}
+    details = json.loads(await db.fetchval("SELECT details FROM alerts WHERE device_id = 'ESP32_8'"))
+    assert details["context"]["temperature"] is None
+    assert await db.fetchval("SELECT count(*) FROM notifications WHERE device_id = 'ESP32_8'") == 3
+
+
 def test_command_topics_are_own_unless_a_route_matches() -> None:
     router = build_router("autocore", own_topics=["autocore/alerts"])
     assert not router.is_own("autocore/D1/relay/0/set")

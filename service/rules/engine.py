@@ -24,12 +24,12 @@ turns false. Nothing here sends anything: a rolled-back batch leaves no firing, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 import asyncpg
+import msgspec
 
 from service.notify.outbox import MQTT, WEBHOOK, Outbox, iso
 from service.records import RuleRecord
@@ -104,6 +104,9 @@ FROM p LEFT JOIN f ON true
 
 Key = tuple[str, str, int]
 
+# A publish's payload as compact JSON (NaN and infinities as null: a device gets valid JSON).
+_encode = msgspec.json.Encoder().encode
+
 
 class State:
     __slots__ = ("changed", "changed_at", "fired_at", "since", "value")
@@ -128,7 +131,7 @@ class Firing(NamedTuple):
     def row(self) -> tuple[Any, ...]:
         # Its status is read off its outbox rows (service/rules/queries.py): nothing to settle later.
         return (self.rule.name, self.device_id, self.relay, self.since, self.ts, self.rule.severity,
-                json.dumps(self.actions), json.dumps(self.context))  # fmt: skip
+                self.actions, self.context)  # fmt: skip
 
     def outbox_rows(self) -> list[tuple[Any, ...]]:
         """(rule, device, relay, since, index, channel, target, body, qos, retain, error) per publish
@@ -141,7 +144,7 @@ class Firing(NamedTuple):
             if "publish" in action:
                 p = action["publish"]
                 payload = p["payload"]
-                body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+                body = payload if isinstance(payload, str) else _encode(payload).decode()
                 topic = p["topic"]
                 bad = not topic or any(c in topic for c in "+#\0")
                 error = "not a topic name once filled in (a value carries a wildcard)" if bad else None
@@ -226,8 +229,8 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
     announce = peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed}))
     if outbox is None:
         outbox = Outbox()
-    # The rows as jsonb parameters (service/storage/json_rows.py): Firing.row()'s actions and
-    # context are JSON text, read back as jsonb.
+    # The rows as jsonb parameters (service/storage/json_rows.py), Firing.row()'s actions and
+    # context and the alerts' details among them as they are.
     result = await conn.fetch(WRITE, json_rows.rows(changed), json_rows.rows(fired), json_rows.rows(actions),
                               peers.CHANNEL, announce, json_rows.rows(opens), json_rows.rows(resolves),
                               *outbox.params())  # fmt: skip
@@ -263,7 +266,7 @@ def _rounds(changes: Sequence[Change], firings: Mapping[tuple[str, str, int, dat
             spec = firings[(rule.name, device, relay, since)].alert()
             if spec is not None:
                 rounds[n][0].append((rule.name, device, relay, since, spec.kind, spec.key, spec.severity,
-                                     spec.message, json.dumps(spec.details)))  # fmt: skip
+                                     spec.message, spec.details))  # fmt: skip
     return rounds
 
 
@@ -272,7 +275,7 @@ async def _alerts(conn: asyncpg.Connection, outbox: Outbox, rounds: Sequence[Rou
     """The rounds after the first, one statement each: the alerts of the rises whose firing was
     inserted (`new`) opened, the falls' resolved."""
     for opens, resolves in rounds:
-        specs = [AlertSpec(row[1], row[4], row[5], row[6], row[7], json.loads(row[8]))
+        specs = [AlertSpec(row[1], row[4], row[5], row[6], row[7], row[8])
                  for row in opens if row[:4] in new]  # fmt: skip
         await change_alerts(conn, outbox, specs, resolves)
 

@@ -12,7 +12,9 @@ What comes back exactly as it was sent: text (any character but NUL, which no te
 PostgreSQL refuses it either way, as a permanent error), bools, integers, floats (msgspec writes
 the shortest form that reads back as the same double), aware datetimes (RFC 3339 with their
 offset, to the microsecond), and None as NULL. Not for NaN or infinities (JSON has none: msgspec
-writes null) nor naive datetimes (they would be read in the session's time zone).
+writes null) nor naive datetimes (they would be read in the session's time zone). A jsonb column
+takes the value itself (msgspec writes it inside the rows; NaN and infinities become null there,
+where JSON text from json.dumps would have them as `NaN`, which PostgreSQL refuses).
 """
 
 from __future__ import annotations
@@ -36,5 +38,8 @@ def table(param: int, columns: str) -> str:
     out = []
     for i, spec in enumerate(columns.split(",")):
         name, kind = spec.split()
-        out.append(f"(e->>{i})::{kind} AS {name}")
+        if kind == "jsonb":  # the value itself (a dict, a list...), not JSON text; None is NULL
+            out.append(f"nullif(e->{i}, 'null'::jsonb) AS {name}")
+        else:
+            out.append(f"(e->>{i})::{kind} AS {name}")
     return f"(SELECT {', '.join(out)} FROM jsonb_array_elements(${param}::jsonb) AS e)"

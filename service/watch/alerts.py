@@ -10,7 +10,6 @@ notify. Anything that detects conditions (liveness here, anomalies and rules lat
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ def _open_rows(specs: Sequence[AlertSpec]) -> list[tuple[Any, ...]]:
     for s in ordered:
         if s.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {s.severity!r}")
-    return [(s.device_id, s.kind, s.key, s.severity, s.message, json.dumps(s.details)) for s in ordered]
+    return [(s.device_id, s.kind, s.key, s.severity, s.message, s.details) for s in ordered]
 
 
 def count_opened(outbox: Outbox, kinds: Iterable[str]) -> int:
