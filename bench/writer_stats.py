@@ -2,7 +2,7 @@
 the writer's critical path (its transaction, COPY to commit), in the steady state the referee's
 telemetry scenario reaches (batches of 8 000 rows from 500 devices whose stats rows are cached).
 
-    .venv/bin/python bench/writer_stats.py [--batches 40] [--off]
+    .venv/bin/python bench/writer_stats.py [--batches 40] [--rows 8000] [--off]
 
 It prints the batches' wall time (the critical path) and the CPU time this process spent on
 each (the service's share of the box: what the fold costs even where it overlaps the COPY).
@@ -47,11 +47,11 @@ DEVICES, BATCH, WARM = 500, 8000, 5
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def batch(n: int, r: random.Random) -> list[Pending]:
+def batch(n: int, r: random.Random, rows: int) -> list[Pending]:
     now = time.time()
     out = []
-    for i in range(BATCH):
-        k = n * BATCH + i
+    for i in range(rows):
+        k = n * rows + i
         device = f"W{k % DEVICES:04d}"
         ts = T0 + timedelta(milliseconds=k)
         rec = TelemetryRecord(device, ts, 20 + r.gauss(0, 0.5), 50 + r.gauss(0, 1), 3.3, 120_000, None, now)
@@ -59,15 +59,15 @@ def batch(n: int, r: random.Random) -> list[Pending]:
     return out
 
 
-async def run(url: str, batches: int, stats_on: bool) -> list[float]:
+async def run(url: str, batches: int, rows: int, stats_on: bool) -> list[float]:
     engine = create_async_engine(url)
     stats = Stats(Outbox(), Params()) if stats_on else None
-    writer = BatchWriter(engine, batch_size=BATCH, linger=0, stats=stats)
+    writer = BatchWriter(engine, batch_size=rows, linger=0, stats=stats)
     r = random.Random(1)
     times, cpu = [], []
     try:
         for n in range(batches + WARM):
-            for p in batch(n, r):
+            for p in batch(n, r, rows):
                 writer.add(p)
             t, c = time.perf_counter(), time.process_time()
             await writer.flush_once()
@@ -83,15 +83,17 @@ async def run(url: str, batches: int, stats_on: bool) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--rows", type=int, default=BATCH, help="rows per batch (the telemetry scenario's batches "
+                   "reach 8 000 at its peak, about 2 500 on average)")
     p.add_argument("--off", action="store_true", help="statistics off")
     args = p.parse_args()
     print(f"# service from {Path(service.__file__).parent.parent}; statistics {'off' if args.off else 'on'}")
     with temporary_database("autocore_writer_stats") as url:
         async_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
         command.upgrade(alembic_config(async_url), "head")
-        times, cpu = asyncio.run(run(async_url, args.batches, not args.off))
+        times, cpu = asyncio.run(run(async_url, args.batches, args.rows, not args.off))
     ms = sorted(t * 1000 for t in times)
-    print(f"{len(ms)} batches of {BATCH} rows ({DEVICES} devices): median {statistics.median(ms):.1f} ms, "
+    print(f"{len(ms)} batches of {args.rows} rows ({DEVICES} devices): median {statistics.median(ms):.1f} ms, "
           f"mean {statistics.fmean(ms):.1f} ms, p90 {ms[int(len(ms) * 0.9)]:.1f} ms per batch; "
           f"this process's CPU: median {statistics.median(cpu) * 1000:.1f} ms per batch")  # fmt: skip
 

@@ -9,24 +9,32 @@ arrays cost more than the statistics themselves).
 One statement per batch with telemetry in the steady state, two when a device is new to the process:
 
 1. LOCK (only for a batch with a device this process holds no state of): the stored rows of all the
-   batch's devices, locked in device_id order (two writers of the same devices lock them in the
-   same order: no deadlock). It runs after every other statement of the batch, so a writer that
-   holds stats rows waits for nothing but other stats rows (and the anomaly alerts, which only
-   holders of the device's stats row touch).
+   batch's devices, locked. It runs after every other statement of the batch, so a writer that
+   holds stats rows waits for nothing but other stats writers (and the anomaly alerts, which only
+   they touch).
 2. WRITE: the new rows of the devices (UPDATE; the names only when they grew, else NULL: kept) and
    of new devices (INSERT, in device order). A row another writer created since step 1 (both saw
-   the device for the first time) is not overwritten: the statement reports it and the batch is
-   written again (StatsRaced), this time finding the row to lock.
+   the device for the first time) is not overwritten: it is missing from what the statement
+   returns, and the batch is written again (StatsRaced), this time finding the row to lock.
+
+Both take the transaction-level advisory lock STATS_LOCK (per schema) before any stats row: the
+writers of statistics take turns, from their first stats statement to their commit. They would
+anyway: with a shared subscription every batch has most devices, and their rows' locks would
+serialise the writers just the same. The advisory lock makes the row locks needless in WRITE
+(half its work in PostgreSQL: no lock written per row, measured 4.9 against 7.6 ms for 500 rows)
+and leaves no lock order to keep, so no deadlock between replicas.
 
 Without step 1 the states come from the process's cache: each row as this process last wrote it,
 with the row version's `xmin` (the id of the transaction that wrote it) returned by that write.
-WRITE then locks those rows itself, in device order, and updates only the ones whose `xmin` is
-still the cached one: a row is unchanged exactly when its version is the one we wrote, whatever
-happened since (a rolled-back batch's id is never a live row's xmin, so a cache entry of a batch
-that did not commit is simply stale). A row that another writer (a replica, a replay) changed is
-returned by WRITE as it is now, locked: its devices' samples are folded again from it and written
-by a second WRITE in the same transaction. A cached row that is gone (deleted) has the batch
-written again (StatsRaced), through step 1.
+WRITE updates only the rows whose `xmin` is still the cached one: a row is unchanged exactly when
+its version is the one we wrote, whatever happened since (a rolled-back batch's id is never a live
+row's xmin, so a cache entry of a batch that did not commit is simply stale). The statement's
+snapshot may predate a writer that committed while we waited for the advisory lock; its
+UPDATE then finds that writer's version (READ COMMITTED re-checks an updated row against its
+newest version), whose xmin is not ours. A row that another writer (a replica, a replay) changed
+is read as it is now (CURRENT, under the advisory lock), its devices' samples are folded again
+from it and written by a second WRITE in the same transaction. A cached row that is gone
+(deleted) has the batch written again (StatsRaced), through step 1.
 
 In between, the batch's states are one NumPy matrix (a row per metric, decoded from the bytea
 rows in one piece) and its samples are folded into it by service/stats/fold.py: arrays over all
@@ -80,35 +88,47 @@ ANOMALY = "anomaly"
 KNOWN = ("temperature", "humidity", "voltage", "memory_free")
 SEPARATOR = "\x1f"  # between metric names in the WRITE parameter (never inside one: see _numbers)
 
-LOCK = """
-SELECT device_id, metrics, state FROM telemetry_stats WHERE device_id = ANY($1::text[]) ORDER BY device_id FOR UPDATE
+# A transaction-level advisory lock of two int4 keys (a space apart from the service's int8 job
+# locks): "au" and 3, and the schema (services in two schemas of one database do not wait for each
+# other).
+STATS_LOCK = "pg_advisory_xact_lock(1635057667, hashtext(current_schema()))"
+
+# The advisory lock first (`g` is joined, so no row is read before it is held), then the rows,
+# locked as well: the statement's snapshot may predate the writer we waited for, and FOR UPDATE
+# returns a row's newest version.
+LOCK = f"""
+WITH g AS MATERIALIZED (SELECT {STATS_LOCK})
+SELECT device_id, metrics, state FROM telemetry_stats, g WHERE device_id = ANY($1::text[])
+ORDER BY device_id FOR UPDATE OF telemetry_stats
 """
 
-# $5: per device the xmin of the cached row (NULL: locked by LOCK, or created); `l` locks those
-# rows. Rows: each row written (device_id, its new xmin; NULL metrics) and each cached row another
-# writer changed (device_id, xmin, metrics, state as stored now, locked by `l`).
-WRITE = """
-WITH u AS (
+# $5: per device the xmin of the cached row (NULL: locked by LOCK, or created). Rows: each row
+# written (device_id, its new xmin). A device missing from them was changed by another writer
+# (its xmin is not $5's), or is gone, or was created by another writer.
+WRITE = f"""
+WITH g AS MATERIALIZED (SELECT {STATS_LOCK}), u AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bool[], $5::int8[])
                   AS u(device_id, metrics, state, created, seen)
-), l AS MATERIALIZED (
-    SELECT device_id, xmin::text::int8 AS x, metrics, state FROM telemetry_stats
-    WHERE device_id = ANY(ARRAY(SELECT device_id FROM u WHERE seen IS NOT NULL)) ORDER BY device_id FOR UPDATE
 ), up AS (
     UPDATE telemetry_stats s
     SET metrics = coalesce(string_to_array(u.metrics, chr(31)), s.metrics), state = u.state, updated_at = now()
-    FROM u LEFT JOIN l ON l.device_id = u.device_id
-    WHERE NOT u.created AND s.device_id = u.device_id AND (u.seen IS NULL OR l.x = u.seen)
+    FROM u, g
+    WHERE NOT u.created AND s.device_id = u.device_id AND (u.seen IS NULL OR s.xmin::text::int8 = u.seen)
     RETURNING s.device_id, s.xmin::text::int8 AS x
 ), ins AS (
     INSERT INTO telemetry_stats (device_id, metrics, state)
-    SELECT device_id, string_to_array(metrics, chr(31)), state FROM u WHERE u.created ORDER BY device_id
+    SELECT device_id, string_to_array(metrics, chr(31)), state FROM u, g WHERE u.created ORDER BY device_id
     ON CONFLICT (device_id) DO NOTHING
     RETURNING device_id, xmin::text::int8 AS x
 )
-SELECT device_id, x, NULL::text[] AS metrics, NULL::bytea AS state FROM up
-UNION ALL SELECT device_id, x, NULL, NULL FROM ins
-UNION ALL SELECT l.device_id, l.x, l.metrics, l.state FROM l JOIN u USING (device_id) WHERE l.x <> u.seen
+SELECT device_id, x FROM up UNION ALL SELECT device_id, x FROM ins
+"""
+
+# The rows of cached devices WRITE did not write, as they are now: read under the advisory lock,
+# in a statement of its own (a snapshot after the other writer's commit), locked against a delete.
+CURRENT = """
+SELECT device_id, xmin::text::int8 AS x, metrics, state FROM telemetry_stats WHERE device_id = ANY($1::text[])
+ORDER BY device_id FOR UPDATE
 """
 
 # Devices whose rows the cache holds at most (each 128 bytes a metric): past it, it starts afresh.
@@ -166,7 +186,7 @@ class Stats:
         changed = await self._write(conn, batch)
         if changed:
             # Another writer moved these rows on since we cached them: fold their samples again
-            # from the rows as they are now (locked by the WRITE).
+            # from the rows as they are now (read and locked by CURRENT).
             again = {r[0] for r in changed}
             opened = [a for a in opened if a.device_id not in again]
             ended = [e for e in ended if e[0] not in again]
@@ -364,26 +384,28 @@ class Stats:
         return out
 
     async def _write(self, conn: asyncpg.Connection, batch: Batch) -> list[asyncpg.Record]:
-        """WRITE the batch's rows; returns the cached rows another writer changed (as stored now)."""
+        """WRITE the batch's rows; returns the cached rows another writer changed (as stored now:
+        device_id, xmin, metrics, state)."""
         result = await conn.fetch(WRITE, batch.devices, batch.changed_names(), batch.states, batch.created, batch.seen)
         cache = self._cache
         if len(cache) >= CACHE_DEVICES:
             cache.clear()
         slot = batch.slot
-        changed = []
-        for r in result:
-            d = r[0]
-            if r[3] is not None:
-                changed.append(r)
-                cache.pop(d, None)
-            else:
-                i = slot[d]
-                cache[d] = (batch.names[i], batch.states[i], r[1])
-        if len(result) != len(batch.devices):
+        for d, x in result:
+            i = slot[d]
+            cache[d] = (batch.names[i], batch.states[i], x)
+        if len(result) == len(batch.devices):
+            return []
+        written = {r[0] for r in result}
+        moved = [d for d, seen in zip(batch.devices, batch.seen, strict=True) if d not in written and seen is not None]
+        changed = await conn.fetch(CURRENT, moved) if moved else []
+        for r in changed:
+            cache.pop(r[0], None)
+        if len(result) + len(changed) != len(batch.devices):
             # Rows created meanwhile by another writer, or cached rows that are gone: not written.
             for d in batch.devices:
                 cache.pop(d, None)
-            n = len(batch.devices) - len(result)
+            n = len(batch.devices) - len(result) - len(changed)
             raise StatsRaced(f"{n} stats rows were created or removed meanwhile by another writer")
         return changed
 
