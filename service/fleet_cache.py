@@ -217,6 +217,22 @@ class FleetCache:
                 relays = (await conn.execute(text(_LOAD_RELAYS + where), {"ids": ids})).mappings().all()
                 latest = (await conn.execute(text(_LOAD_TELEMETRY + " WHERE d.device_id = ANY(:ids)"),
                                              {"ids": ids})).mappings().all()  # fmt: skip
+        changed = self._merge_devices(rows)
+        for r in relays:
+            d = self._devices.get(r["device_id"])
+            if d is not None:
+                have = d.relays.get(r["relay_index"])
+                if have is None or have[2] < r["ts"]:
+                    _set_relay(d, r["relay_index"], (r["state"], r["triggered_by"], r["ts"]))
+        for r in latest:
+            d = self._devices.get(r["device_id"])
+            if d is not None and (d.telemetry is None or d.telemetry[1] < r["ts"]):
+                d.telemetry = _loaded_telemetry(r)
+        self._announce(changed)
+
+    def _merge_devices(self, rows: Iterable[Any]) -> list[dict[str, Any]]:
+        """Devices rows as stored (the columns of _LOAD_DEVICES) into the cache; returns the rows of
+        the devices whose connectivity changed."""
         changed: list[dict[str, Any]] = []
         for r in rows:
             d = self._devices.get(r["device_id"])
@@ -234,16 +250,9 @@ class FleetCache:
             d.known, d.cause = r["known"], r["connectivity_cause"]
             if d.is_online is not None and d.is_online != was:
                 changed.append(d.row())
-        for r in relays:
-            d = self._devices.get(r["device_id"])
-            if d is not None:
-                have = d.relays.get(r["relay_index"])
-                if have is None or have[2] < r["ts"]:
-                    _set_relay(d, r["relay_index"], (r["state"], r["triggered_by"], r["ts"]))
-        for r in latest:
-            d = self._devices.get(r["device_id"])
-            if d is not None and (d.telemetry is None or d.telemetry[1] < r["ts"]):
-                d.telemetry = _loaded_telemetry(r)
+        return changed
+
+    def _announce(self, changed: list[dict[str, Any]]) -> None:
         for row in changed:
             try:
                 self._on_connectivity(row)
@@ -306,8 +315,11 @@ class FleetCache:
     def _apply(self, committed: Committed) -> None:
         g, touches = committed.records, committed.touched
         devices = self._devices
-        again: set[str] = {rec.device_id for rec in g.status}
-        for device_id in again:  # its row is read again; its relays and telemetry are mirrored below
+        # A status device's row as the batch wrote it came with the commit; without it (a batch
+        # written outside the writer) the row is read again. Its relays and telemetry are mirrored below.
+        changed = self._merge_devices(committed.devices)
+        again: set[str] = {rec.device_id for rec in g.status} - {r["device_id"] for r in committed.devices}
+        for device_id in again:
             if device_id not in devices:
                 self._device(device_id, pg_micros(g.seen[device_id]))
         for device_id, seen in touches:  # the writer's last_seen touch
@@ -332,6 +344,7 @@ class FleetCache:
                     have = d.relays.get(index)
                     if have is None or have[2] < ts:
                         _set_relay(d, index, (state, triggered_by, ts))
+        self._announce(changed)
         if again:
             self.read_again(again)
 

@@ -71,6 +71,8 @@ class Committed:
     messages: list[Pending]
     records: sql.Grouped  # the records as stored, by table (a refused message's: its dead letter)
     touched: list[tuple[str, float]]  # (device, seen) of every last_seen touch the commit wrote
+    # The devices rows of the batch's status devices as it left them (liveness.DEVICE_COLUMNS).
+    devices: Sequence[Any] = ()
 
     @classmethod
     def of(cls, messages: list[Pending]) -> Committed:
@@ -145,7 +147,7 @@ class BatchWriter:
         self._observers: list[CommitObserver] = []
         # (records, touches) of each transaction the batch being committed took (more than one
         # when refused messages were split off)
-        self._parts: list[tuple[sql.Grouped, list[tuple[str, float]]]] = []
+        self._parts: list[tuple[sql.Grouped, list[tuple[str, float]], list[asyncpg.Record]]] = []
         self._pending: list[Pending] = []
         self._first_at = 0.0
         self._nonempty = asyncio.Event()
@@ -223,7 +225,8 @@ class BatchWriter:
             return Committed(batch, *parts[0])
         # Split around refused messages (rare): their dead letters replaced their records.
         g = sql.group([(p.message.received_at, p.records) for p in batch])
-        return Committed(batch, g, [t for _g, touches in parts for t in touches])
+        return Committed(batch, g, [t for _g, touches, _d in parts for t in touches],
+                         [r for _g, _t, devices in parts for r in devices])  # fmt: skip
 
     def _notify(self, committed: Committed) -> None:
         for observer in self._observers:
@@ -316,9 +319,10 @@ class BatchWriter:
         touch = last_seen_touches(g, self._last_seen, self._resolution)
         started = time.perf_counter()
         copy = True
+        devices: list[asyncpg.Record] = []
         for again in range(_STATS_RACES):
             try:
-                await self._attempt(g, touch, copy=copy)
+                devices = await self._attempt(g, touch, copy=copy)
                 break
             except _Redelivered as exc:
                 # Some rows are stored already (the broker redelivered what we had not acknowledged):
@@ -331,19 +335,19 @@ class BatchWriter:
                     raise
                 log.debug("%s; writing the batch again", exc)
         self._on_batch(len(batch), time.perf_counter() - started)
-        self._parts.append((g, touch))
+        self._parts.append((g, touch, devices))
         for device, seen in touch:
             self._last_seen[device] = seen
         if len(self._last_seen) > _MAX_LAST_SEEN_CACHE:
             self._last_seen.clear()
 
-    async def _attempt(self, g: sql.Grouped, touch: list[tuple[str, float]], *, copy: bool) -> None:
+    async def _attempt(self, g: sql.Grouped, touch: list[tuple[str, float]], *, copy: bool) -> list[asyncpg.Record]:
         try:
             # A connection that stops answering (half-open) must not hold the batch forever.
             async with asyncio.timeout(_TRANSACTION_TIMEOUT):
                 conn = await self._connection()
                 async with conn.transaction():
-                    await self._execute(conn, g, touch, copy=copy)
+                    return await self._execute(conn, g, touch, copy=copy)
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):  # TimeoutError is an OSError
             await self._drop_connection()
             raise
@@ -375,9 +379,9 @@ class BatchWriter:
 
     async def _execute(
         self, conn: asyncpg.Connection, g: sql.Grouped, touch: list[tuple[str, float]], *, copy: bool
-    ) -> None:
-        if touch or g.status:
-            await self._watch.devices(conn, g.status, g.seen, touch)
+    ) -> list[asyncpg.Record]:
+        """The batch's statements; returns the status devices' rows as written (Committed.devices)."""
+        devices = await self._watch.devices(conn, g.status, g.seen, touch) if touch or g.status else []
         inserted: Sequence[Sequence[Any]] = ()
         ahead: Folded | None = None
         if g.telemetry:
@@ -407,6 +411,7 @@ class BatchWriter:
         if inserted and self._stats is not None:
             # Last: a writer holding stats rows waits for no other lock of the batch (no deadlock).
             await self._stats.apply(conn, inserted, ahead)
+        return devices
 
     async def _copy_telemetry(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> Folded | None:
         """COPY the rows; with statistics on, fold them meanwhile (Stats.fold_ahead). One step of

@@ -93,6 +93,11 @@ SELECT device_id, extract(epoch FROM last_seen)::float8 AS seen, created, revive
     "AND d.state_changed_at < EXCLUDED.last_seen"
 )
 
+# A devices row as the fleet cache holds it (service/fleet_cache.py reads the same columns).
+DEVICE_COLUMNS = ("d.device_id, d.is_online, d.first_seen, d.last_seen, d.status_ts, host(d.ip_address) AS ip_address, "
+                  "d.firmware_version, d.uptime, d.known, d.connectivity_cause")  # fmt: skip
+
+# The rows as stored come back: the writer hands them to the fleet cache with the commit.
 UPDATE_STATUS = f"""
 UPDATE devices AS d
 SET is_online = u.is_online, status_ts = u.status_ts,
@@ -104,6 +109,7 @@ SET is_online = u.is_online, status_ts = u.status_ts,
 FROM {json_rows.table(1, "device_id text, is_online bool, status_ts timestamptz, ip text, fw text, uptime int8, "
                          "seen float8, changed float8, cause text")} AS u
 WHERE d.device_id = u.device_id
+RETURNING {DEVICE_COLUMNS}
 """
 
 # The newest stamped offline each device said (stored in its history; see walk()).
@@ -262,7 +268,9 @@ class Watch:
         statuses: Sequence[StatusRecord],
         seen: dict[str, float],
         touch: list[tuple[str, float]],
-    ) -> None:
+    ) -> list[asyncpg.Record]:
+        """The batch's device rows: created, touched, their statuses applied; returns the rows of
+        the devices with a status as the batch leaves them (DEVICE_COLUMNS)."""
         if statuses and touch:
             # A replay touches every device of its messages; a status device's row is the status path's.
             status_ids = {s.device_id for s in statuses}
@@ -293,11 +301,11 @@ class Watch:
                     at = _from_epoch(r["seen"], UTC)
                     changes.append((r["device_id"], at, True, "message"))
                     history.append((r["device_id"], at, r["seen"], True, "message", None))
-        if statuses:
-            await self._statuses(conn, statuses, seen, stored, changes, history)
+        rows = await self._statuses(conn, statuses, seen, stored, changes, history) if statuses else []
         # The events follow the ordered history, not the order in which replicas committed.
         await record_history(conn, history)
         await self._record(conn, changes, created)
+        return rows
 
     async def _statuses(
         self,
@@ -307,7 +315,7 @@ class Watch:
         stored: dict[str, _State],
         changes: list[Change],
         history: list[HistoryRow],
-    ) -> None:
+    ) -> list[asyncpg.Record]:
         per_device: dict[str, list[StatusRecord]] = defaultdict(list)
         for s in sorted(statuses, key=lambda s: (s.device_id, s.received_at)):
             per_device[s.device_id].append(s)
@@ -337,7 +345,7 @@ class Watch:
             changes.extend(device_changes)
             rows.append((device, state.is_online, state.status_ts, fields.get("ip"), fields.get("fw"),
                          fields.get("uptime"), state.last_seen, state.changed, state.cause))  # fmt: skip
-        await conn.execute(UPDATE_STATUS, json_rows.rows(rows))
+        return list(await conn.fetch(UPDATE_STATUS, json_rows.rows(rows)))
 
     async def _record(self, conn: asyncpg.Connection, changes: list[Change], created: list[str]) -> None:
         opens: list[AlertSpec] = []
