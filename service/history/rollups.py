@@ -76,6 +76,7 @@ FROM telemetry
 WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
 GROUP BY 1, 2
 ON CONFLICT (device_id, bucket) DO UPDATE SET {_MERGE}
+RETURNING r.device_id, date_bin('1 hour', r.bucket, :origin) AS hour
 """
 
 # The first sweep (nothing rolled up yet, as after the migration): one pass over everything.
@@ -95,12 +96,6 @@ FROM telemetry_rollup_1m
 WHERE bucket >= :complete
 GROUP BY 1, 2
 {_UPSERT}
-"""
-
-_TOUCHED_HOURS = """
-SELECT DISTINCT device_id, date_bin('1 hour', ts, :origin) AS bucket
-FROM telemetry
-WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
 """
 
 _HOURS = f"""
@@ -174,9 +169,11 @@ async def sweep(conn: AsyncConnection, settle: float, now: datetime | None = Non
             # Small, index-driven statements: JIT compiling (which their estimates can trigger)
             # would cost more than running them.
             await conn.execute(text("SET LOCAL jit = off"))
-            minutes = (await conn.execute(text(_MINUTES), params)).rowcount or 0
-            hours = 0
-            touched = list((await conn.execute(text(_TOUCHED_HOURS), params)).all())
+            # The minutes merged name the hours to recompute (reading the raw rows a second time
+            # for them cost as much as the merge).
+            merged = (await conn.execute(text(_MINUTES), params)).all()
+            minutes, hours = len(merged), 0
+            touched = sorted({(r[0], r[1]) for r in merged})
         if touched:
             result = await conn.execute(
                 text(_HOURS), {"devices": [r[0] for r in touched], "hours": [r[1] for r in touched]}

@@ -161,10 +161,8 @@ async def change_alerts(conn: asyncpg.Connection, outbox: Outbox, opens: Sequenc
     """open_alerts(opens) and then resolve_alerts(resolves), in one statement when no key is in
     both (one round trip: alerts of different keys do not depend on each other's order); returns
     how many were opened and how many resolved."""
-    if not opens or not resolves:
-        return await open_alerts(conn, outbox, opens), await resolve_alerts(conn, outbox, resolves)
     keys = sorted(set(resolves))
-    if not {(s.device_id, s.kind, s.key) for s in opens}.isdisjoint(keys):
+    if not opens or not keys or not {(s.device_id, s.kind, s.key) for s in opens}.isdisjoint(keys):
         return await open_alerts(conn, outbox, opens), await resolve_alerts(conn, outbox, resolves)
     rows = await conn.fetch(_CHANGE, json_rows.rows(_open_rows(opens)), json_rows.rows(keys), *outbox.params())
     resolved = sum(1 for r in rows if r["created"] is None)
