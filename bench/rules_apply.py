@@ -27,7 +27,7 @@ sys.path.insert(1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pa
                 str(Path(__file__).resolve().parents[1]))  # fmt: skip
 
 import asyncpg
-from alembic import command
+from migrated import migrated_database  # bench/migrated.py
 
 import service
 from service.notify.outbox import MQTT, Outbox
@@ -35,8 +35,6 @@ from service.records import RuleRecord
 from service.routes import build_router
 from service.rules import engine
 from service.rules.loader import load_text
-from service.storage.migrate import alembic_config
-from tests.support.database import temporary_database
 
 RULES = """
 rules:
@@ -85,8 +83,7 @@ def main() -> None:
     p.add_argument("--rises", type=int, default=25, help="rises per batch (and as many falls)")
     args = p.parse_args()
     print(f"# service from {Path(service.__file__).parent.parent}")
-    with temporary_database("autocore_rules_apply") as url:
-        command.upgrade(alembic_config(url.replace("postgresql://", "postgresql+asyncpg://", 1)), "head")
+    with migrated_database("autocore_rules_apply") as url:
         times, cpu = asyncio.run(run(url, args.batches, args.rises))
     ms = sorted(t * 1000 for t in times)
     print(f"{len(ms)} applies of {args.rises} rises and falls: median {statistics.median(ms):.2f} ms, "

@@ -25,13 +25,11 @@ sys.path.insert(1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pa
                 str(Path(__file__).resolve().parents[1]))  # fmt: skip
 
 import asyncpg
-from alembic import command
+from migrated import migrated_database  # bench/migrated.py
 
 import service
 from service.stats.ewma import K
 from service.stats.store import WRITE
-from service.storage.migrate import alembic_config
-from tests.support.database import temporary_database
 
 DEVICES = 500
 METRICS = ["temperature", "humidity", "voltage", "memory_free"]
@@ -74,8 +72,7 @@ def main() -> None:
     p.add_argument("--fillfactor", type=int)
     args = p.parse_args()
     print(f"# service from {Path(service.__file__).parent.parent}")
-    with temporary_database("autocore_stats_write") as url:
-        command.upgrade(alembic_config(url.replace("postgresql://", "postgresql+asyncpg://", 1)), "head")
+    with migrated_database("autocore_stats_write") as url:
         times, table = asyncio.run(run(url, args.rounds, args.fillfactor))
     ms = sorted(t * 1000 for t in times)
     print(f"{len(ms)} WRITEs of {DEVICES} rows: median {statistics.median(ms):.2f} ms, p10 {ms[len(ms) // 10]:.2f} ms; "

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
                 str(Path(__file__).resolve().parents[1]))  # fmt: skip
 
-from alembic import command
+from migrated import migrated_database  # bench/migrated.py
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import service
@@ -39,9 +39,7 @@ from service.notify.outbox import Outbox
 from service.records import TelemetryRecord
 from service.stats.ewma import Params
 from service.stats.store import Stats
-from service.storage.migrate import alembic_config
 from service.storage.writer import BatchWriter, Pending
-from tests.support.database import temporary_database
 
 DEVICES, BATCH, WARM = 500, 8000, 5
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -88,9 +86,8 @@ def main() -> None:
     p.add_argument("--off", action="store_true", help="statistics off")
     args = p.parse_args()
     print(f"# service from {Path(service.__file__).parent.parent}; statistics {'off' if args.off else 'on'}")
-    with temporary_database("autocore_writer_stats") as url:
+    with migrated_database("autocore_writer_stats") as url:
         async_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
-        command.upgrade(alembic_config(async_url), "head")
         times, cpu = asyncio.run(run(async_url, args.batches, args.rows, not args.off))
     ms = sorted(t * 1000 for t in times)
     print(f"{len(ms)} batches of {args.rows} rows ({DEVICES} devices): median {statistics.median(ms):.1f} ms, "
