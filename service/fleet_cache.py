@@ -49,10 +49,7 @@ MAX_RELAYS = 64
 _BACKLOG_LIMIT = 10_000  # batches kept while loading; beyond, the load starts over
 _LOAD_RETRY = 5.0
 
-_LOAD_DEVICES = (
-    "SELECT device_id, is_online, first_seen, last_seen, status_ts, host(ip_address) AS ip_address, "
-    "firmware_version, uptime, known, connectivity_cause FROM devices ORDER BY device_id LIMIT :n"
-)
+_LOAD_DEVICES = f"SELECT {sql.device_columns('d')} FROM devices d ORDER BY device_id LIMIT :n"
 _LOAD_RELAYS = "SELECT device_id, relay_index, state, triggered_by, ts FROM relays"
 # One index probe per device (the primary key is (device_id, ts)), not a scan of the table.
 _LOAD_TELEMETRY = (

@@ -225,6 +225,8 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
     by_key = {(f.rule.name, f.device_id, f.relay, f.since): f for f in firings}
     rounds = _rounds(changes, by_key)
     opens, resolves = rounds[0] if rounds else ([], [])
+    # WRITE's `ao` rows: the firing's key (only an inserted firing's alert opens), then the alert.
+    ao = [(*k, a.kind, a.key, a.severity, a.message, a.details) for k, a in opens]
     # Announced at commit (and never if we roll back): other replicas' caches learn of it.
     announce = peers.payloads(records[0].origin, sorted({(k[0], k[1]) for k in changed}))
     if outbox is None:
@@ -232,7 +234,7 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
     # The rows as jsonb parameters (service/storage/json_rows.py), Firing.row()'s actions and
     # context and the alerts' details among them as they are.
     result = await conn.fetch(WRITE, json_rows.rows(changed), json_rows.rows(fired), json_rows.rows(actions),
-                              peers.CHANNEL, announce, json_rows.rows(opens), json_rows.rows(resolves),
+                              peers.CHANNEL, announce, json_rows.rows(ao), json_rows.rows(resolves),
                               *outbox.params())  # fmt: skip
     head = result[0]
     outbox.written += int(head["notified"]) + int(head["alerts_resolved"]) * len(outbox.channels)
@@ -244,12 +246,12 @@ async def apply(conn: asyncpg.Connection, records: Sequence[RuleRecord], outbox:
         metrics.count_firings([f.rule.name for f in firings])
 
 
-# A round of alert changes: the rises' alerts as WRITE's `ao` rows (the firing's key, then the
-# alert), the falls' alert keys.
-Round = tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]
+# A round of alert changes: the rises' alerts with their firing's key, the falls' alert keys.
+FiringKey = tuple[str, str, int, datetime]
+Round = tuple[list[tuple[FiringKey, AlertSpec]], list[tuple[str, str, str]]]
 
 
-def _rounds(changes: Sequence[Change], firings: Mapping[tuple[str, str, int, datetime], Firing]) -> list[Round]:
+def _rounds(changes: Sequence[Change], firings: Mapping[FiringKey, Firing]) -> list[Round]:
     """The n-th change of every alert in round n (a device rising, falling and rising in one batch:
     open, resolve, open), so that no round changes an alert twice."""
     queues: dict[tuple[str, str], list[Change]] = {}
@@ -263,21 +265,19 @@ def _rounds(changes: Sequence[Change], firings: Mapping[tuple[str, str, int, dat
             if since is None:
                 rounds[n][1].append((device, RULE_ALERT, key))
                 continue
-            spec = firings[(rule.name, device, relay, since)].alert()
+            key4 = (rule.name, device, relay, since)
+            spec = firings[key4].alert()
             if spec is not None:
-                rounds[n][0].append((rule.name, device, relay, since, spec.kind, spec.key, spec.severity,
-                                     spec.message, spec.details))  # fmt: skip
+                rounds[n][0].append((key4, spec))
     return rounds
 
 
 async def _alerts(conn: asyncpg.Connection, outbox: Outbox, rounds: Sequence[Round],
-                  new: set[tuple[str, str, int, datetime]]) -> None:  # fmt: skip
+                  new: set[FiringKey]) -> None:  # fmt: skip
     """The rounds after the first, one statement each: the alerts of the rises whose firing was
     inserted (`new`) opened, the falls' resolved."""
     for opens, resolves in rounds:
-        specs = [AlertSpec(row[1], row[4], row[5], row[6], row[7], row[8])
-                 for row in opens if row[:4] in new]  # fmt: skip
-        await change_alerts(conn, outbox, specs, resolves)
+        await change_alerts(conn, outbox, [spec for k, spec in opens if k in new], resolves)
 
 
 def _plain(context: dict[str, Any]) -> dict[str, Any]:

@@ -14,12 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.history import rollups
+from service.storage import statements
 
 METRICS = rollups.METRICS
-_DEVICE_COLUMNS = (
-    "device_id, is_online, first_seen, last_seen, status_ts, host(ip_address) AS ip_address, firmware_version, uptime, "
-    "known, connectivity_cause"
-)
+_DEVICE_COLUMNS = statements.device_columns("")
 DEVICE_SORTS = {"device_id": "device_id", "last_seen": "last_seen", "-last_seen": "last_seen DESC"}
 
 

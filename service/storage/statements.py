@@ -46,6 +46,15 @@ TELEMETRY_COLUMNS = (
 )  # fmt: skip
 RELAY_HISTORY_COLUMNS = ("device_id", "relay_index", "ts", "state", "triggered_by", "received_at")
 
+
+def device_columns(alias: str) -> str:
+    """A devices row as the API and the fleet cache read it (and the status statement returns it);
+    `alias` qualifies the columns ("" for none)."""
+    cols = ("device_id", "is_online", "first_seen", "last_seen", "status_ts", "host({a}ip_address) AS ip_address",
+            "firmware_version", "uptime", "known", "connectivity_cause")  # fmt: skip
+    a = f"{alias}." if alias else ""
+    return ", ".join(c.format(a=a) if "{a}" in c else a + c for c in cols)
+
 INSERT_RELAY_HISTORY = """
 INSERT INTO relay_state_history (device_id, relay_index, ts, state, triggered_by, received_at)
 SELECT d, i, ts, s, t, to_timestamp(r)

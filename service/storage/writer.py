@@ -71,7 +71,7 @@ class Committed:
     messages: list[Pending]
     records: sql.Grouped  # the records as stored, by table (a refused message's: its dead letter)
     touched: list[tuple[str, float]]  # (device, seen) of every last_seen touch the commit wrote
-    # The devices rows of the batch's status devices as it left them (liveness.DEVICE_COLUMNS).
+    # The devices rows of the batch's status devices as it left them (statements.device_columns()).
     devices: Sequence[Any] = ()
 
     @classmethod

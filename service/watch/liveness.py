@@ -41,6 +41,7 @@ from service import metrics
 from service.notify.outbox import Event, Outbox, emit_events
 from service.records import RelayRecord, StatusRecord
 from service.storage import json_rows
+from service.storage import statements as sql
 from service.watch.alerts import OFFLINE, UNKNOWN_DEVICE, AlertSpec, change_alerts
 from service.watch.history import HistoryRow
 from service.watch.history import record as record_history
@@ -93,10 +94,6 @@ SELECT device_id, extract(epoch FROM last_seen)::float8 AS seen, created, revive
     "AND d.state_changed_at < EXCLUDED.last_seen"
 )
 
-# A devices row as the fleet cache holds it (service/fleet_cache.py reads the same columns).
-DEVICE_COLUMNS = ("d.device_id, d.is_online, d.first_seen, d.last_seen, d.status_ts, host(d.ip_address) AS ip_address, "
-                  "d.firmware_version, d.uptime, d.known, d.connectivity_cause")  # fmt: skip
-
 # The rows as stored come back: the writer hands them to the fleet cache with the commit.
 UPDATE_STATUS = f"""
 UPDATE devices AS d
@@ -109,7 +106,7 @@ SET is_online = u.is_online, status_ts = u.status_ts,
 FROM {json_rows.table(1, "device_id text, is_online bool, status_ts timestamptz, ip text, fw text, uptime int8, "
                          "seen float8, changed float8, cause text")} AS u
 WHERE d.device_id = u.device_id
-RETURNING {DEVICE_COLUMNS}
+RETURNING {sql.device_columns('d')}
 """
 
 # The newest stamped offline each device said (stored in its history; see walk()).
@@ -270,7 +267,7 @@ class Watch:
         touch: list[tuple[str, float]],
     ) -> list[asyncpg.Record]:
         """The batch's device rows: created, touched, their statuses applied; returns the rows of
-        the devices with a status as the batch leaves them (DEVICE_COLUMNS)."""
+        the devices with a status as the batch leaves them (statements.device_columns())."""
         if statuses and touch:
             # A replay touches every device of its messages; a status device's row is the status path's.
             status_ids = {s.device_id for s in statuses}
