@@ -3,25 +3,36 @@
 (the steady state). The database is a stand-in that hands back what was written last, so what is
 timed is the Python (and asyncpg-free) part only; the end-to-end figure is bench.py's.
 
-    .venv/bin/python bench/stats_micro.py
+    .venv/bin/python bench/stats_micro.py [--batch 2000] [--spikes 0.001] [--ahead] [--replay]
+
+`--spikes 0`: Gaussian noise alone. `--referee`: the readings of the referee's generator
+(../shared/bench/loadgen.py, or $BENCH_HARNESS): bounded, never an anomaly.
+`--ahead`: as the writer folds a batch it COPYs (Stats.fold_ahead, samples from the COPY's packing).
+`--replay`: the timed batches are the warm-up's again (every sample older than its metric's newest:
+what the referee's runs after the first send, its timestamps being the same every run).
 
 For a before/after comparison, run it on both checkouts (it uses only Stats.apply).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from service.notify.outbox import WEBHOOK, Outbox
 from service.records import TelemetryRecord
 from service.stats import store
 from service.stats.store import Stats
+from service.storage import statements as sql
 
 BATCH, DEVICES, ROUNDS, WARM = 2000, 500, 60, 20
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -46,15 +57,18 @@ class Table:
             kept = n.split("\x1f") if n is not None else old[1] if old else []
             self.rows[d] = (d, kept, s)
             self.version += 1
-            out.append((d, self.version, None, None))
+            out.append((d, self.version))  # WRITE returns (device_id, the new xmin)
         return out
 
     async def execute(self, query: str, *args: Any) -> str:
         return ""
 
 
-def batches(n: int, seed: int = 1) -> list[Sequence[TelemetryRecord]]:
+def batches(n: int, seed: int = 1, spikes: float = 0.001, referee: bool = False) -> list[Sequence[TelemetryRecord]]:
     r = random.Random(seed)
+    if referee:
+        sys.path.insert(0, os.environ.get("BENCH_HARNESS", str(Path(__file__).resolve().parents[2] / "shared/bench")))
+        from loadgen import values  # type: ignore[import-not-found]
     clock = [0] * DEVICES
     out = []
     for _ in range(n):
@@ -62,36 +76,50 @@ def batches(n: int, seed: int = 1) -> list[Sequence[TelemetryRecord]]:
         for _ in range(BATCH):
             d = r.randrange(DEVICES)
             clock[d] += 1
-            spike = 50.0 if r.random() < 0.001 else 0.0
-            rows.append(
-                TelemetryRecord(
-                    f"dev-{d:05d}",
-                    T0 + timedelta(seconds=clock[d]),
-                    20.0 + r.gauss(0, 0.5) + spike,
-                    50.0 + r.gauss(0, 2.0),
-                    12.0 + r.gauss(0, 0.1),
-                    1000 + r.randrange(100),
-                    None,
-                    0.0,
-                )
-            )
+            spike = 50.0 if r.random() < spikes else 0.0
+            if referee:
+                t, h, v, m = values((clock[d] - 1) * DEVICES + d, DEVICES)
+            else:
+                t, h = 20.0 + r.gauss(0, 0.5) + spike, 50.0 + r.gauss(0, 2.0)
+                v, m = 12.0 + r.gauss(0, 0.1), 1000 + r.randrange(100)
+            rows.append(TelemetryRecord(f"dev-{d:05d}", T0 + timedelta(seconds=clock[d]), t, h, v, m, None, 0.0))
         out.append(rows)
     return out
 
 
 async def main() -> None:
+    global BATCH
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--spikes", type=float, default=0.001, help="share of samples that are spikes")
+    parser.add_argument("--referee", action="store_true", help="the referee generator's readings")
+    parser.add_argument("--ahead", action="store_true", help="fold_ahead() with the COPY's packing")
+    parser.add_argument("--replay", action="store_true", help="time the warm-up's batches again")
+    args = parser.parse_args()
+    BATCH = args.batch
     stats = Stats(Outbox([(WEBHOOK, "http://127.0.0.1:9/hook")]))
     table = Table()
-    data = batches(WARM + ROUNDS)
+    data = batches(WARM + ROUNDS, spikes=args.spikes, referee=args.referee)
     for rows in data[:WARM]:  # every device's row exists and is judged (past min_samples)
         await stats.apply(table, rows)  # type: ignore[arg-type]
+    timed = [data[i % WARM] for i in range(ROUNDS)] if args.replay else data[WARM:]
+    fixed = []
+    for rows in timed:
+        out: list[bytes] = []
+        if args.ahead:
+            for _ in sql.telemetry_copy_pieces(rows, fixed=out):  # type: ignore[arg-type]
+                pass
+        fixed.append(b"".join(out))
     gc.collect()
     started = time.process_time()
-    for rows in data[WARM:]:
-        await stats.apply(table, rows)  # type: ignore[arg-type]
+    for rows, packed in zip(timed, fixed, strict=True):
+        ahead = stats.fold_ahead(rows, packed) if args.ahead else None
+        await stats.apply(table, rows, ahead)  # type: ignore[arg-type]
     spent = time.process_time() - started
     print(f"Stats.apply (Python side): {spent / (ROUNDS * BATCH) * 1e6:.2f} us/message "
-          f"({BATCH} rows, {DEVICES} devices per batch, {ROUNDS} batches)")  # fmt: skip
+          f"({BATCH} rows, {DEVICES} devices per batch, {ROUNDS} batches, "
+          f"{'the referee readings' if args.referee else f'spikes {args.spikes}'}"
+          f"{', folded ahead' if args.ahead else ''}{', replayed' if args.replay else ''})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -187,6 +187,72 @@ def test_the_vectorized_fold_equals_observe_sample_by_sample() -> None:
         assert opened > 20 and resolved > 20 and judged > opened  # the anomaly paths were taken
 
 
+def test_a_mostly_quiet_fleet_folds_as_observe_does() -> None:
+    # The usual step (fold._usual_step): most metrics take observe()'s usual branch and are folded
+    # by the short array path; the few others of the step (an outlier, an open anomaly, a late
+    # sample, a metric still warming up) go through observe() from their state before the step;
+    # a batch sent again is only counted. Same figures to the bit and same answers as observe().
+    import service.stats.fold as fold_module
+
+    taken = {"usual": 0, "masks": 0}
+    usual, masks = fold_module._usual_step, fold_module._step
+
+    def counted_usual(*args: Any) -> bool:
+        done = usual(*args)
+        taken["usual"] += done
+        return done
+
+    def counted_masks(*args: Any) -> None:
+        taken["masks"] += 1
+        masks(*args)
+
+    r = random.Random(11)
+    metrics = 1500
+    expected = [fresh() for _ in range(metrics)]
+    state = np.array([FRESH] * metrics, dtype=np.float64)
+    level = [r.uniform(-50, 50) for _ in range(metrics)]
+    sd = [r.choice([0.1, 1.0, 5.0]) for _ in range(metrics)]
+    clock = [0.0] * metrics
+    late_from = set(r.sample(range(metrics), 30))  # these send an old sample now and then
+    batches: list[list[tuple[int, float, float]]] = []
+    for b in range(40):
+        batch = []
+        for _ in range(6000):
+            i = r.randrange(metrics if b else 100)  # the first batch warms up a few metrics only
+            clock[i] += 1e6
+            x = level[i] + r.gauss(0, sd[i])
+            if r.random() < 0.0005:
+                x += r.choice([-1, 1]) * 50 * (sd[i] + 1)  # a spike now and then
+            late = i in late_from and r.random() < 0.05
+            batch.append((i, clock[i] - 5e6 if late else clock[i], x))
+        batches.append(batch)
+    batches.insert(30, batches[20])  # a batch sent again: every sample older than its metric's newest
+    fold_module._usual_step, fold_module._step = counted_usual, counted_masks
+    try:
+        changes = 0
+        for batch in batches:
+            want = []
+            for i, ts, x in batch:
+                change = observe(expected[i], 0, ts, x, DEFAULT, DEFAULT.alpha)
+                want.append((change, expected[i][LAST_Z] if change in (OPENED, ANOMALOUS) else None))
+            codes, zs = fold(
+                state,
+                np.array([b[0] for b in batch], dtype=np.intp),
+                np.array([b[1] for b in batch]),
+                np.array([b[2] for b in batch]),
+                DEFAULT,
+                DEFAULT.alpha,
+            )
+            got = [(int(c), float(z) if c in (OPENED, ANOMALOUS) else None) for c, z in zip(codes, zs, strict=True)]
+            assert got == want
+            changes += sum(1 for c, _ in want if c)
+    finally:
+        fold_module._usual_step, fold_module._step = usual, masks
+    assert np.array_equal(np.array(expected), state, equal_nan=True)
+    assert changes > 10  # outliers were met (and folded by observe() within usual steps)
+    assert taken["usual"] > 2 * taken["masks"] > 0  # both paths taken (the masks while warming up)
+
+
 def test_small_batches_fold_as_large_ones() -> None:
     # Stats.fold takes a batch of a few rows sample by sample (_fold_scalar) and a larger one with
     # NumPy (_fold_vector): the same rows from the same stored state give the same bytes and alerts.

@@ -64,12 +64,15 @@ def fold(
     j = 0
     steps = int(counts[0])
     live = len(counts)
+    settled = max(float(p.min_samples), 1.0 / alpha)  # judged, and weighted alpha (not 1/n)
     while j < steps:
         live = int(np.searchsorted(-counts, -j, side="left"))  # metrics with more than j samples
         if live < SCALAR_BELOW:
             break
         picked = order[starts[:live] + j]
-        _step(cols[:, :live], ts[picked], x[picked], p, alpha, codes, zs, picked)
+        s, t, v = cols[:, :live], ts[picked], x[picked]
+        if not _usual_step(s, t, v, p, alpha, settled, codes, zs, picked):
+            _step(s, t, v, p, alpha, codes, zs, picked)
         j += 1
     state[rows] = cols.T
     if j < steps:  # the long tails of a few metrics, sample by sample
@@ -88,6 +91,65 @@ def _stable_order(keys: Ints) -> Ints:
     if len(keys) and keys.min() >= 0 and keys.max() < 1 << 16:
         keys = keys.astype(np.uint16)
     return np.argsort(keys, kind="stable").astype(np.intp, copy=False)
+
+
+def _usual_step(
+    s: Floats,
+    t: Floats,
+    x: Floats,
+    p: Params,
+    alpha: float,
+    settled: float,
+    codes: npt.NDArray[np.int8],
+    zs: Floats,
+    picked: Ints,
+) -> bool:
+    """_step() when most samples of the step take observe()'s usual branch: newer than their
+    metric's newest, judged and weighted `alpha` (`settled`), not an outlier, the metric neither
+    anomalous nor in an outlier run. Those are folded by half of _step()'s array operations (the
+    same operations on each value: the same bits); the few others (at most SCALAR_BELOW) go
+    through observe() itself, from their state before the step. A step of samples all older than
+    their metrics' newest (a replay) is only counted. False, with `s` unchanged, when more than
+    SCALAR_BELOW samples are unusual: _step() then."""
+    new = t > s[LAST_TS]
+    if not new.any():  # all older than their metric's newest: counted, nothing else (observe())
+        s[COUNT] += 1.0
+        np.copyto(s[MIN], x, where=x < s[MIN])
+        np.copyto(s[MAX], x, where=x > s[MAX])
+        return True
+    mean, var = s[MEAN], s[VAR]
+    dev = np.maximum(np.sqrt(var), 1e-9 * np.maximum(1.0, np.abs(mean)))  # ewma.deviation()
+    d = x - mean
+    z = np.abs(d) / dev
+    odd: Ints | None = None
+    if not (new.all() and s[N].min() >= settled and z.max() <= p.threshold
+            and not s[ANOMALOUS_FLAG].any() and not s[OUTLIER_RUN].any()):  # fmt: skip
+        odd = np.flatnonzero(
+            ~new | (s[N] < settled) | (z > p.threshold) | (s[ANOMALOUS_FLAG] != 0.0) | (s[OUTLIER_RUN] != 0.0)
+        )
+        if len(odd) > SCALAR_BELOW:
+            return False
+        before = s[:, odd].T.tolist()
+    s[COUNT] += 1.0
+    np.copyto(s[MIN], x, where=x < s[MIN])
+    np.copyto(s[MAX], x, where=x > s[MAX])
+    s[LAST_TS] = t
+    s[LAST_VALUE] = x
+    s[LAST_Z] = z
+    inc = alpha * d
+    var_next = d * inc
+    var_next += var
+    var_next *= 1.0 - alpha
+    mean += inc  # views: the state's own rows
+    s[VAR] = var_next
+    s[N] += 1.0
+    if odd is not None:
+        for v, g in zip(before, odd.tolist(), strict=True):
+            i = int(picked[g])
+            codes[i] = observe(v, 0, float(t[g]), float(x[g]), p, alpha)
+            zs[i] = v[LAST_Z]
+        s[:, odd] = np.array(before).T
+    return True
 
 
 def _step(
