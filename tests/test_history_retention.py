@@ -202,3 +202,49 @@ async def test_drop_gives_up_instead_of_queueing_ingestion(
     async with engine.connect() as c:
         report = await retention.run(c, settings(url), now=future)
     assert f"telemetry_p{TODAY:%Y%m%d}" in report.dropped
+
+
+async def test_the_sweep_summarizes_the_filled_brin_ranges_and_leaves_the_last_one(
+    pg: tuple[AsyncEngine, asyncpg.Connection, str],
+) -> None:
+    # The rollup sweep finds the rows received since the last one through the BRIN on received_at,
+    # which reads every unsummarized range: autovacuum summarizes a filled range only at its next
+    # round, so without this each sweep would read the whole tail written meanwhile.
+    engine, conn, url = pg
+    partition = f"telemetry_p{TODAY:%Y%m%d}"
+    index = await conn.fetchval(
+        "SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = ic.relam WHERE am.amname = 'brin' AND i.indrelid = $1::regclass",
+        partition,
+    )
+    # Three ranges of 128 pages and part of a fourth (about 135 rows a page).
+    await conn.execute(
+        "INSERT INTO telemetry (device_id, ts, temperature, received_at)"
+        " SELECT 'D' || (i % 50), $1::timestamptz + i * interval '1 ms', i, now() + i * interval '1 us'"
+        " FROM generate_series(1, 60000) i",
+        TODAY + timedelta(hours=1),
+    )
+    blocks = await conn.fetchval("SELECT pg_relation_size($1::regclass) / 8192", partition)
+    assert blocks > 3 * 128 and blocks % 128
+    # Autovacuum must not summarize them first: this test is about the sweep doing it.
+    await conn.execute(f"ALTER TABLE {partition} SET (autovacuum_enabled = false)")
+    await conn.execute(
+        "SELECT brin_desummarize_range($1::regclass, b) FROM generate_series(0, $2::int8, 128) b", index, blocks
+    )
+    checked: dict[str, int] = {}
+    # A partition locked by someone else (an autovacuum, say) is left for the next sweep, not waited for.
+    holder = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute(f"LOCK TABLE {partition} IN SHARE UPDATE EXCLUSIVE MODE")
+    async with engine.connect() as c:
+        assert await partitions.summarize_filled(c, checked) == 0
+    assert index not in checked
+    await tx.rollback()
+    await holder.close()
+    async with engine.connect() as c:
+        assert await partitions.summarize_filled(c, checked) == blocks // 128
+        assert checked[index] == blocks // 128 * 128
+        assert await partitions.summarize_filled(c, checked) == 0  # nothing filled since
+    # Only the last, partial range is left unsummarized (inserts into it update no summary).
+    assert await conn.fetchval("SELECT brin_summarize_new_values($1::regclass)", index) == 1

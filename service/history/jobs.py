@@ -58,10 +58,16 @@ async def maintain(engine: AsyncEngine, settings: Settings) -> retention.Report 
         return await retention.run(conn, settings)
 
 
-async def roll_up(engine: AsyncEngine, settings: Settings) -> rollups.Sweep | None:
+async def roll_up(
+    engine: AsyncEngine, settings: Settings, summarized: dict[str, int] | None = None
+) -> rollups.Sweep | None:
+    """One rollup sweep, after summarizing the BRIN ranges filled since the last one (the sweep
+    finds its rows through them); None when another replica is sweeping. `summarized`: how far
+    each index was looked at, kept by the caller (partitions.summarize_filled)."""
     async with exclusive(engine, ROLLUP_LOCK) as conn:
         if conn is None:
             return None
+        await partitions.summarize_filled(conn, {} if summarized is None else summarized)
         return await rollups.sweep(conn, settings.rollup_settle_seconds)
 
 
@@ -71,6 +77,7 @@ class HistoryJobs:
         self.settings = settings
         self._tasks: list[asyncio.Task[None]] = []
         self.last_error: str | None = None
+        self._summarized: dict[str, int] = {}  # BRIN index -> block up to which its ranges were summarized
 
     async def start(self) -> None:
         """One maintenance pass now (partitions exist before the first message), then the loops."""
@@ -95,7 +102,7 @@ class HistoryJobs:
         await maintain(self.engine, self.settings)
 
     async def _roll_up(self) -> None:
-        await roll_up(self.engine, self.settings)
+        await roll_up(self.engine, self.settings, self._summarized)
 
     async def _every(
         self, interval: float, name: str, job: Callable[[], Awaitable[object]], first: float | None = None

@@ -33,6 +33,10 @@ AHEAD_DAYS = 7
 LOCK_TIMEOUT = "200ms"
 LOCK_ATTEMPTS = 5
 LOCK_RETRY_DELAY = 0.5
+# The rollup sweep's BRIN upkeep waits at most this long for a partition (an autovacuum may hold
+# it), then leaves it to the next sweep: shorter than deadlock_timeout, so autovacuum is never
+# cancelled on our account.
+SUMMARIZE_LOCK_TIMEOUT = "50ms"
 
 
 @dataclass(frozen=True)
@@ -221,3 +225,57 @@ async def summarize(conn: AsyncConnection, now: datetime | None = None) -> int:
             {"names": done},
         )
         return int(result.scalar() or 0)
+
+
+async def summarize_filled(conn: AsyncConnection, checked: dict[str, int], now: datetime | None = None) -> int:
+    """Summarize the full BRIN block ranges of the telemetry partitions still written to (and the
+    default one); returns how many were summarized. `checked`: per index, the block up to which
+    its ranges were looked at (kept by the caller between sweeps, so each range is looked at once).
+
+    autosummarize asks autovacuum to summarize a range once the table grows past it, which happens
+    at its next round (autovacuum_naptime, a minute by default). Meanwhile a BRIN scan reads every
+    unsummarized range: the rollup sweep would read the whole tail written since, at every sweep.
+    A range is summarized here once all its pages exist (rows still arriving in it widen its
+    summary on insert; the last, partial range is left alone, so the inserts there cost nothing).
+    Summarizing takes SHARE UPDATE EXCLUSIVE on the partition, which inserts do not wait for;
+    a partition whose lock is not granted within SUMMARIZE_LOCK_TIMEOUT waits for the next sweep.
+    """
+    now = now or datetime.now(UTC)
+    async with conn.begin():
+        written = [p.name for p in await partitions(conn, TELEMETRY) if p.hi > now - timedelta(hours=1)]
+        result = await conn.execute(
+            text(
+                "SELECT ic.relname, pg_relation_size(i.indrelid) / current_setting('block_size')::int,"
+                " coalesce((SELECT option_value::int FROM pg_options_to_table(ic.reloptions)"
+                "           WHERE option_name = 'pages_per_range'), 128)"
+                " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam"
+                " WHERE am.amname = 'brin'"
+                " AND i.indrelid = ANY(SELECT to_regclass(n) FROM unnest(CAST(:names AS text[])) n)"
+            ),
+            {"names": [*written, TELEMETRY.default]},
+        )
+        indexes = [(str(name), int(blocks), int(per_range)) for name, blocks, per_range in result]
+    done = 0
+    for name, blocks, per_range in indexes:
+        full = blocks // per_range * per_range  # the ranges below this block are complete
+        start = checked.get(name, 0)
+        if full <= start:
+            continue
+        try:
+            async with conn.begin():
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{SUMMARIZE_LOCK_TIMEOUT}'"))
+                summarized = await conn.execute(
+                    text(
+                        "SELECT coalesce(sum(brin_summarize_range(to_regclass(:index), b)), 0)"
+                        " FROM generate_series(CAST(:start AS int8), :full - 1, :step) b"
+                    ),
+                    {"index": name, "start": start, "full": full, "step": per_range},
+                )
+                done += int(summarized.scalar() or 0)
+        except DBAPIError as exc:
+            if not _lock_not_available(exc):
+                raise
+            log.debug("summarize %s: lock not granted within %s", name, SUMMARIZE_LOCK_TIMEOUT)
+            continue
+        checked[name] = full
+    return done
