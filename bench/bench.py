@@ -221,7 +221,8 @@ def run_mixed(
         schema = "autocore_bench"
         psql(pg_port, f"TRUNCATE {schema}.telemetry, {schema}.relay_state_history, {schema}.relays, "
                       f"{schema}.devices, {schema}.connectivity_events, {schema}.connectivity_history, "
-                      f"{schema}.dead_letters")  # fmt: skip
+                      f"{schema}.dead_letters, {schema}.telemetry_stats, {schema}.alerts, {schema}.notifications, "
+                      f"{schema}.telemetry_rollup_1m, {schema}.telemetry_rollup_1h")  # fmt: skip
         args = argparse.Namespace(host="127.0.0.1", port=mqtt_port, devices=devices, messages=messages,
                                   connections=8, window=256, rate=0.0, qos=1, ack_timeout=120.0)  # fmt: skip
         times = array("d", bytes(8 * messages))
