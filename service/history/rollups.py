@@ -3,8 +3,8 @@
 Nothing happens per message or per batch: every ROLLUP_INTERVAL_SECONDS one replica (advisory
 lock, see jobs.py) aggregates the rows received since its watermark (`received_at`, through the
 BRIN index) per device and minute, and merges them into the minute rollups (counts and sums add,
-min and max take the extremes); then it recomputes the hours those minutes fall in from the
-minutes. Each raw row is counted by exactly one sweep, the one whose window holds its
+min and max take the extremes) and, summed by hour, into the hour rollups, in one statement. Each
+raw row is counted by exactly one sweep, the one whose window holds its
 received_at: a late sample lands in its (old) bucket, a redelivered one is stored once by the
 writer's ON CONFLICT and so counted once. So a rollup is what a GROUP BY over the raw rows says.
 
@@ -55,11 +55,12 @@ def _raw_partials(prefix: str = "") -> str:
 
 _UPSERT = f"ON CONFLICT (device_id, bucket) DO UPDATE SET {_SET} WHERE {_CHANGED}"
 
-# The rows received since the last sweep, per device and minute, merged into the minute rollups:
-# a raw row is read once, by the sweep whose window holds its received_at (recomputing each touched
-# minute from all its raw rows read a filling minute again at every sweep: at a 2 s interval, each
-# row about 15 times). Counts and sums add up, min and max take the extremes (least and greatest
-# ignore NULLs; a sum is NULL only while its count is 0).
+# The rows received since the last sweep, per device and minute, merged into the minute rollups
+# and, summed by hour, into the hour rollups: a raw row is read once, by the sweep whose window
+# holds its received_at (recomputing each touched minute from all its raw rows read a filling
+# minute again at every sweep: at a 2 s interval, each row about 15 times). Counts and sums add
+# up, min and max take the extremes (least and greatest ignore NULLs; a sum is NULL only while its
+# count is 0).
 _MERGE = ", ".join(
     ["n = r.n + EXCLUDED.n"]
     + [
@@ -70,13 +71,25 @@ _MERGE = ", ".join(
     ]
 )
 _MINUTES = f"""
-INSERT INTO telemetry_rollup_1m AS r (device_id, bucket, {", ".join(_COLUMNS)})
-SELECT device_id, date_bin('1 minute', ts, :origin), count(*), {_raw_partials()}
-FROM telemetry
-WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
-GROUP BY 1, 2
-ON CONFLICT (device_id, bucket) DO UPDATE SET {_MERGE}
-RETURNING r.device_id, date_bin('1 hour', r.bucket, :origin) AS hour
+WITH d AS MATERIALIZED (
+    SELECT device_id, date_bin('1 minute', ts, :origin) AS bucket, count(*) AS n, {_raw_partials()}
+    FROM telemetry
+    WHERE received_at > :lo AND received_at <= :hi AND ts >= :complete
+    GROUP BY 1, 2
+), m AS (
+    INSERT INTO telemetry_rollup_1m AS r (device_id, bucket, {", ".join(_COLUMNS)})
+    SELECT device_id, bucket, {", ".join(_COLUMNS)} FROM d
+    ON CONFLICT (device_id, bucket) DO UPDATE SET {_MERGE}
+    RETURNING 1
+), h AS (
+    INSERT INTO telemetry_rollup_1h AS r (device_id, bucket, {", ".join(_COLUMNS)})
+    SELECT device_id, date_bin('1 hour', bucket, :origin), sum(n), {combined_aggregates("")}
+    FROM d
+    GROUP BY 1, 2
+    ON CONFLICT (device_id, bucket) DO UPDATE SET {_MERGE}
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM h)
 """
 
 # The first sweep (nothing rolled up yet, as after the migration): one pass over everything.
@@ -95,19 +108,6 @@ SELECT device_id, date_bin('1 hour', bucket, :origin), sum(n), {combined_aggrega
 FROM telemetry_rollup_1m
 WHERE bucket >= :complete
 GROUP BY 1, 2
-{_UPSERT}
-"""
-
-_HOURS = f"""
-INSERT INTO telemetry_rollup_1h AS r (device_id, bucket, {", ".join(_COLUMNS)})
-SELECT h.device_id, h.bucket, a.*
-FROM unnest(CAST(:devices AS text[]), CAST(:hours AS timestamptz[])) AS h(device_id, bucket)
-CROSS JOIN LATERAL (
-    SELECT sum(m.n) AS n, {combined_aggregates()}
-    FROM telemetry_rollup_1m m
-    WHERE m.device_id = h.device_id AND m.bucket >= h.bucket AND m.bucket < h.bucket + interval '1 hour'
-) a
-WHERE a.n IS NOT NULL
 {_UPSERT}
 """
 
@@ -164,7 +164,6 @@ async def sweep(conn: AsyncConnection, settle: float, now: datetime | None = Non
         if current.received_through == NEVER:
             minutes = (await conn.execute(text(_ALL_MINUTES), params)).rowcount or 0
             hours = (await conn.execute(text(_ALL_HOURS), params)).rowcount or 0
-            touched = []
         else:
             # Small, index-driven statements: JIT compiling (which their estimates can trigger)
             # would cost more than running them. The window's groups (devices by minutes) are few:
@@ -172,16 +171,11 @@ async def sweep(conn: AsyncConnection, settle: float, now: datetime | None = Non
             # picks a sort of every row, spilling to disk: twice the time, measured).
             await conn.execute(text("SET LOCAL jit = off"))
             await conn.execute(text("SET LOCAL enable_sort = off"))
-            # The minutes merged name the hours to recompute (reading the raw rows a second time
-            # for them cost as much as the merge).
-            merged = (await conn.execute(text(_MINUTES), params)).all()
-            minutes, hours = len(merged), 0
-            touched = sorted({(r[0], r[1]) for r in merged})
-        if touched:
-            result = await conn.execute(
-                text(_HOURS), {"devices": [r[0] for r in touched], "hours": [r[1] for r in touched]}
-            )
-            hours = result.rowcount or 0
+            # The window's partials, merged into their minutes and into their hours alike (an
+            # hour is the sum of its minutes, so of the partials merged into them): the raw rows
+            # are read once and the minutes not at all (recomputing the touched hours from their
+            # minutes read up to 60 rows per device and hour at every sweep).
+            minutes, hours = (await conn.execute(text(_MINUTES), params)).one()
         await conn.execute(
             text("UPDATE telemetry_rollup_state SET received_through = :hi, swept_at = now() WHERE id = 1"),
             {"hi": hi},
