@@ -10,6 +10,9 @@ timed is the Python (and asyncpg-free) part only; the end-to-end figure is bench
 `--ahead`: as the writer folds a batch it COPYs (Stats.fold_ahead, samples from the COPY's packing).
 `--replay`: the timed batches are the warm-up's again (every sample older than its metric's newest:
 what the referee's runs after the first send, its timestamps being the same every run).
+`--compare-fold FILE`: another version of service/stats/fold.py (say `git show REV:service/stats/fold.py
+> /tmp/fold_before.py`): each batch is folded by both in turn, from the same states, and the
+median and best CPU ms per batch of each are printed (the stored bytes must come out the same).
 
 For a before/after comparison, run it on both checkouts (it uses only Stats.apply).
 """
@@ -19,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import os
 import random
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -95,11 +100,15 @@ async def main() -> None:
     parser.add_argument("--referee", action="store_true", help="the referee generator's readings")
     parser.add_argument("--ahead", action="store_true", help="fold_ahead() with the COPY's packing")
     parser.add_argument("--replay", action="store_true", help="time the warm-up's batches again")
+    parser.add_argument("--compare-fold", type=Path, help="another fold.py, folded in turn with this one")
     args = parser.parse_args()
     BATCH = args.batch
+    data = batches(WARM + ROUNDS, spikes=args.spikes, referee=args.referee)
+    if args.compare_fold:
+        await compare_folds(data, args.compare_fold, args.replay)
+        return
     stats = Stats(Outbox([(WEBHOOK, "http://127.0.0.1:9/hook")]))
     table = Table()
-    data = batches(WARM + ROUNDS, spikes=args.spikes, referee=args.referee)
     for rows in data[:WARM]:  # every device's row exists and is judged (past min_samples)
         await stats.apply(table, rows)  # type: ignore[arg-type]
     timed = [data[i % WARM] for i in range(ROUNDS)] if args.replay else data[WARM:]
@@ -120,6 +129,38 @@ async def main() -> None:
           f"({BATCH} rows, {DEVICES} devices per batch, {ROUNDS} batches, "
           f"{'the referee readings' if args.referee else f'spikes {args.spikes}'}"
           f"{', folded ahead' if args.ahead else ''}{', replayed' if args.replay else ''})")  # fmt: skip
+
+
+async def compare_folds(data: list[Sequence[TelemetryRecord]], other: Path, replay: bool) -> None:
+    """Fold each timed batch with this checkout's fold() and with `other`'s, in turn (folded ahead,
+    as the writer does), and print the median and best CPU ms per batch of each."""
+    spec = importlib.util.spec_from_file_location("other_fold", other)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sides = {"this": store.fold, str(other): module.fold}
+    state = {name: (Stats(Outbox([(WEBHOOK, "http://127.0.0.1:9/hook")])), Table()) for name in sides}
+    for name, (stats, table) in state.items():
+        store.fold = sides[name]  # type: ignore[attr-defined]
+        for rows in data[:WARM]:
+            await stats.apply(table, rows)  # type: ignore[arg-type]
+    timed = [data[i % WARM] for i in range(ROUNDS)] if replay else data[WARM:]
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    gc.collect()
+    for rows in timed:
+        packed: list[bytes] = []
+        for _ in sql.telemetry_copy_pieces(rows, fixed=packed):  # type: ignore[arg-type]
+            pass
+        for name, (stats, table) in state.items():
+            store.fold = sides[name]  # type: ignore[attr-defined]
+            started = time.process_time()
+            await stats.apply(table, rows, stats.fold_ahead(rows, b"".join(packed)))  # type: ignore[arg-type]
+            times[name].append(time.process_time() - started)
+    tables = [table.rows for _stats, table in state.values()]
+    assert tables[0] == tables[1], "the two folds stored different rows"
+    for name, spent in times.items():
+        print(f"{name}: median {statistics.median(spent) * 1e3:.2f} ms, best {min(spent) * 1e3:.2f} ms "
+              f"per batch of {BATCH} rows ({'replayed' if replay else 'new'} samples)")  # fmt: skip
 
 
 if __name__ == "__main__":
