@@ -136,6 +136,28 @@ def test_gaussian_noise_false_alarms_are_rare() -> None:
     assert opened_at_4 / 100_000 < 5e-4
 
 
+def folded_as_observe(
+    state: np.ndarray[Any, Any], expected: list[list[float]], batch: list[tuple[int, float, float]], p: Params
+) -> list[tuple[int, float | None]]:
+    """Fold the batch's samples (metric, ts, x) into `state` with fold() and into `expected` with
+    observe() one by one; the answers (and z where one is an outlier) must be the same. Returns them."""
+    want = []
+    for i, ts, x in batch:
+        change = observe(expected[i], 0, ts, x, p, p.alpha)
+        want.append((change, expected[i][LAST_Z] if change in (OPENED, ANOMALOUS) else None))
+    codes, zs = fold(
+        state,
+        np.array([b[0] for b in batch], dtype=np.intp),
+        np.array([b[1] for b in batch]),
+        np.array([b[2] for b in batch]),
+        p,
+        p.alpha,
+    )
+    got = [(int(c), float(z) if c in (OPENED, ANOMALOUS) else None) for c, z in zip(codes, zs, strict=True)]
+    assert got == want
+    return want
+
+
 def test_the_vectorized_fold_equals_observe_sample_by_sample() -> None:
     # service/stats/fold.py folds a batch step by step over all metrics at once: same figures
     # (to the bit) and same answers as observe() on every sample, with spikes, level shifts,
@@ -166,20 +188,7 @@ def test_the_vectorized_fold_equals_observe_sample_by_sample() -> None:
                 clock += r.choice([0.0, 1.0, 1.0, 1.0])  # some samples as old as the one before
                 late = r.random() < 0.05
                 batch.append((i, clock - 1e6 if late else clock, x))
-            want = []
-            for i, ts, x in batch:
-                change = observe(expected[i], 0, ts, x, p, p.alpha)
-                want.append((change, expected[i][LAST_Z] if change in (OPENED, ANOMALOUS) else None))
-            codes, zs = fold(
-                state,
-                np.array([b[0] for b in batch], dtype=np.intp),
-                np.array([b[1] for b in batch]),
-                np.array([b[2] for b in batch]),
-                p,
-                p.alpha,
-            )
-            got = [(int(c), float(z) if c in (OPENED, ANOMALOUS) else None) for c, z in zip(codes, zs, strict=True)]
-            assert got == want
+            want = folded_as_observe(state, expected, batch, p)
             judged += sum(1 for c, _ in want if c)
             opened += sum(1 for c, _ in want if c == OPENED)
             resolved += sum(1 for c, _ in want if c == RESOLVED)
@@ -231,21 +240,7 @@ def test_a_mostly_quiet_fleet_folds_as_observe_does() -> None:
     try:
         changes = 0
         for batch in batches:
-            want = []
-            for i, ts, x in batch:
-                change = observe(expected[i], 0, ts, x, DEFAULT, DEFAULT.alpha)
-                want.append((change, expected[i][LAST_Z] if change in (OPENED, ANOMALOUS) else None))
-            codes, zs = fold(
-                state,
-                np.array([b[0] for b in batch], dtype=np.intp),
-                np.array([b[1] for b in batch]),
-                np.array([b[2] for b in batch]),
-                DEFAULT,
-                DEFAULT.alpha,
-            )
-            got = [(int(c), float(z) if c in (OPENED, ANOMALOUS) else None) for c, z in zip(codes, zs, strict=True)]
-            assert got == want
-            changes += sum(1 for c, _ in want if c)
+            changes += sum(1 for c, _ in folded_as_observe(state, expected, batch, DEFAULT) if c)
     finally:
         fold_module._usual_step, fold_module._step = usual, masks
     assert np.array_equal(np.array(expected), state, equal_nan=True)
