@@ -6,7 +6,7 @@ timed is the Python (and asyncpg-free) part only; the end-to-end figure is bench
     .venv/bin/python bench/stats_micro.py [--batch 2000] [--spikes 0.001] [--ahead] [--replay]
 
 `--spikes 0`: Gaussian noise alone. `--referee`: the readings of the referee's generator
-(../shared/bench/loadgen.py, or $BENCH_HARNESS): bounded, never an anomaly.
+(../shared/bench/loadgen.py, or $BENCH_HARNESS): saw-tooth ramps, an anomaly at every wrap.
 `--ahead`: as the writer folds a batch it COPYs (Stats.fold_ahead, samples from the COPY's packing).
 `--replay`: the timed batches are the warm-up's again (every sample older than its metric's newest:
 what the referee's runs after the first send, its timestamps being the same every run).
@@ -92,6 +92,19 @@ def batches(n: int, seed: int = 1, spikes: float = 0.001, referee: bool = False)
     return out
 
 
+def timed_batches(data: list[Sequence[TelemetryRecord]], replay: bool) -> list[Sequence[TelemetryRecord]]:
+    """The batches after the warm-up, or (`replay`) the warm-up's again."""
+    return [data[i % WARM] for i in range(ROUNDS)] if replay else data[WARM:]
+
+
+def packed(rows: Sequence[TelemetryRecord]) -> bytes:
+    """The rows' fixed parts as the writer's COPY packs them (what fold_ahead reads its samples from)."""
+    fixed: list[bytes] = []
+    for _ in sql.telemetry_copy_pieces(rows, fixed=fixed):
+        pass
+    return b"".join(fixed)
+
+
 async def main() -> None:
     global BATCH
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -111,18 +124,12 @@ async def main() -> None:
     table = Table()
     for rows in data[:WARM]:  # every device's row exists and is judged (past min_samples)
         await stats.apply(table, rows)  # type: ignore[arg-type]
-    timed = [data[i % WARM] for i in range(ROUNDS)] if args.replay else data[WARM:]
-    fixed = []
-    for rows in timed:
-        out: list[bytes] = []
-        if args.ahead:
-            for _ in sql.telemetry_copy_pieces(rows, fixed=out):  # type: ignore[arg-type]
-                pass
-        fixed.append(b"".join(out))
+    timed = timed_batches(data, args.replay)
+    fixed = [packed(rows) if args.ahead else b"" for rows in timed]
     gc.collect()
     started = time.process_time()
-    for rows, packed in zip(timed, fixed, strict=True):
-        ahead = stats.fold_ahead(rows, packed) if args.ahead else None
+    for rows, parts in zip(timed, fixed, strict=True):
+        ahead = stats.fold_ahead(rows, parts) if args.ahead else None
         await stats.apply(table, rows, ahead)  # type: ignore[arg-type]
     spent = time.process_time() - started
     print(f"Stats.apply (Python side): {spent / (ROUNDS * BATCH) * 1e6:.2f} us/message "
@@ -144,17 +151,14 @@ async def compare_folds(data: list[Sequence[TelemetryRecord]], other: Path, repl
         store.fold = sides[name]  # type: ignore[attr-defined]
         for rows in data[:WARM]:
             await stats.apply(table, rows)  # type: ignore[arg-type]
-    timed = [data[i % WARM] for i in range(ROUNDS)] if replay else data[WARM:]
     times: dict[str, list[float]] = {name: [] for name in sides}
     gc.collect()
-    for rows in timed:
-        packed: list[bytes] = []
-        for _ in sql.telemetry_copy_pieces(rows, fixed=packed):  # type: ignore[arg-type]
-            pass
+    for rows in timed_batches(data, replay):
+        fixed = packed(rows)
         for name, (stats, table) in state.items():
             store.fold = sides[name]  # type: ignore[attr-defined]
             started = time.process_time()
-            await stats.apply(table, rows, stats.fold_ahead(rows, b"".join(packed)))  # type: ignore[arg-type]
+            await stats.apply(table, rows, stats.fold_ahead(rows, fixed))  # type: ignore[arg-type]
             times[name].append(time.process_time() - started)
     tables = [table.rows for _stats, table in state.values()]
     assert tables[0] == tables[1], "the two folds stored different rows"
