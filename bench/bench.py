@@ -15,6 +15,10 @@ per message. For the service its start-up CPU (measured once per invocation: sta
 ready, settle 1 s, no messages) is subtracted first; for the harness's sinks start-up is included.
 `gmqtt-count` (the harness's gmqtt subscriber that only counts) runs beside the service in the
 `telemetry` scenario: the practical ceiling of a gmqtt consumer on this box.
+Beside it, `pg` and `box`: microseconds a message of the benchmark's PostgreSQL cluster and of
+the whole box (every process), over the load only (bench/meters.py), and the hypervisor's steal.
+With `--compare`, each alternating pair is printed too: what the service's change costs where its
+work runs in PostgreSQL (statements, the rollup sweep) shows there, not in the service's CPU.
 
 `--compare DIR` runs a second checkout of the service (say, main before a change; it uses this
 checkout's .venv) as sink `autocore-base`, alternating with `autocore` run by run, so that both
@@ -49,6 +53,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import meters
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -228,6 +234,7 @@ def run_mixed(
         times = array("d", bytes(8 * messages))
         peak = 0
         sampler = psutil.Process(proc.pid)
+        before = meters.read(STATE / "pgdata")
         acked, _t0, _sent, _t_acked = asyncio.run(loadgen.run_raw(args, loadgen.plan(args), times))
         deadline = time.time() + 180
         expected_rows = kinds["telemetry"] + kinds["relay"]
@@ -238,6 +245,7 @@ def run_mixed(
                 break
             time.sleep(0.1)
         cpu = sampler.cpu_times()
+        load = meters.read(STATE / "pgdata").minus(before)
         ((tel, tel_d),) = [
             [int(x) for x in r]
             for r in psql(pg_port, f"SELECT count(*), count(DISTINCT (device_id, ts)) FROM {schema}.telemetry")
@@ -265,7 +273,7 @@ def run_mixed(
             "relay_history": f"{rel}/{kinds['relay']}", "status_msgs": kinds["status"],
             "devices_with_status": int(statused), "lost": expected_rows - min(tel_d + rel_d, expected_rows),
             "dupes": (tel - tel_d) + (rel - rel_d), "dead_letters": int(dead),
-            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu.user + cpu.system, 2),
+            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu.user + cpu.system, 2), **load,
         }  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -327,7 +335,14 @@ def summarize(runs: list[dict[str, Any]], startup: dict[str, float]) -> None:
             by_sink.setdefault((r["sink"], r["M"]), []).append(r)
     said = ", ".join(f"{k} {v:.2f} s" for k, v in startup.items())
     print(f"# summary (median per sink; us/msg = CPU per message, less the service's start-up: {said})")
-    print(f"{'sink':<22} {'M':>8} {'runs':>4} {'rows/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'cpu_s':>7} {'us/msg':>7}")
+    print(
+        "# pg, box: CPU per message of the benchmark's PostgreSQL and of the whole box (all processes) over"
+        " the load, from the first row count to the last; steal: the hypervisor's share, in % of the window"
+    )
+    print(
+        f"{'sink':<22} {'M':>8} {'runs':>4} {'rows/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'cpu_s':>7} {'us/msg':>7}"
+        f" {'pg':>6} {'box':>6} {'steal':>5}"
+    )
     for (sink, m), rs in by_sink.items():
 
         def med(key: str, rs: list[dict[str, Any]] = rs) -> float | None:
@@ -339,10 +354,27 @@ def summarize(runs: list[dict[str, Any]], startup: dict[str, float]) -> None:
         us = None if cpu is None else (cpu - base) / m * 1e6
         cells = [med("rows_per_s"), med("p50_ms"), med("p99_ms")]
         text = " ".join("       -" if v is None else f"{v:>8.0f}" for v in cells)
+        pg, box, steal, window = med("pg_cpu_s"), med("box_cpu_s"), med("steal_s"), med("window_s")
+        per_msg = " ".join("     -" if v is None else f"{v / m * 1e6:>6.2f}" for v in (pg, box))
+        stolen = "    -" if steal is None or not window else f"{100 * steal / ((os.cpu_count() or 1) * window):>4.1f}%"
         print(
-            f"{sink:<22} {m:>8} {len(rs):>4} {text} {cpu or 0:>7.1f} {'-' if us is None else f'{us:.2f}':>7}",
+            f"{sink:<22} {m:>8} {len(rs):>4} {text} {cpu or 0:>7.1f} {'-' if us is None else f'{us:.2f}':>7}"
+            f" {per_msg} {stolen}",
             flush=True,
         )
+
+
+def pairs(runs: list[dict[str, Any]]) -> None:
+    """autocore against autocore-base run by run: the two of a pair met the same load from the box."""
+    base = [r for r in runs if r["sink"] == "autocore-base" and "error" not in r]
+    new = [r for r in runs if r["sink"] == "autocore" and "error" not in r]
+    print("# pairs, autocore against autocore-base: rows/s, and the extra CPU per message of the service and of"
+          " PostgreSQL (us)")  # fmt: skip
+    for b, a in zip(base, new, strict=False):
+        m = a["M"]
+        extra = [(a[k] - b[k]) / m * 1e6 if k in a and k in b else float("nan") for k in ("cpu_s", "pg_cpu_s")]
+        rows = 100 * (a["rows_per_s"] / b["rows_per_s"] - 1)
+        print(f"{rows:+6.1f} %   service {extra[0]:+5.2f}   pg {extra[1]:+5.2f}")
 
 
 # ---------------------------------------------------------------------------------- main
@@ -362,6 +394,7 @@ def main() -> None:
     os.environ.update(PGPORT=str(pg_port), MQTT_PORT=str(mqtt_port), PGHOST="127.0.0.1", PGUSER="postgres",
                       PGDATABASE="bench")  # fmt: skip
     referee, loadgen = load_harness(args.harness.resolve())
+    meters.LoadWindow(referee, STATE / "pgdata")
     compare = args.compare.resolve() if args.compare else None
     extra: list[str] = []
     if compare is not None:
@@ -418,8 +451,10 @@ def main() -> None:
                         runs[sink].append(r)
                         print(json.dumps(r), flush=True)
                 for sink, rs in runs.items():
+                    pg, box = (statistics.median(r[k] for r in rs) / m * 1e6 for k in ("pg_cpu_s", "box_cpu_s"))
                     print(f"{sink}: median msgs/s {statistics.median(r['msgs_per_s'] for r in rs)},"
-                          f" median us/msg {statistics.median(r['us_per_msg'] for r in rs)}", flush=True)  # fmt: skip
+                          f" median us/msg {statistics.median(r['us_per_msg'] for r in rs)},"
+                          f" pg {pg:.2f} us/msg, box {box:.2f} us/msg", flush=True)  # fmt: skip
                 continue
             elif scenario == "replicas":
                 # The service alone, then 1, 2 and 3 replicas on one shared subscription (bench/replicas.sh).
@@ -439,6 +474,8 @@ def main() -> None:
                 for m in sizes:
                     run_sinks(["-m", str(m), "-n", str(args.devices), "--tag", f"scale-{m}", "--timeout", "600"])
             summarize(new_results(offset), startup)
+            if compare is not None:
+                pairs(new_results(offset))
 
 
 if __name__ == "__main__":

@@ -90,9 +90,9 @@ def main() -> None:
         async_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
         times, cpu = asyncio.run(run(async_url, args.batches, args.rows, not args.off))
     ms = sorted(t * 1000 for t in times)
-    print(f"{len(ms)} batches of {args.rows} rows ({DEVICES} devices): median {statistics.median(ms):.1f} ms, "
-          f"mean {statistics.fmean(ms):.1f} ms, p90 {ms[int(len(ms) * 0.9)]:.1f} ms per batch; "
-          f"this process's CPU: median {statistics.median(cpu) * 1000:.1f} ms per batch")  # fmt: skip
+    print(f"{len(ms)} batches of {args.rows} rows ({DEVICES} devices): median {statistics.median(ms):.2f} ms, "
+          f"mean {statistics.fmean(ms):.2f} ms, p90 {ms[int(len(ms) * 0.9)]:.2f} ms per batch; "
+          f"this process's CPU: median {statistics.median(cpu) * 1000:.2f} ms per batch")  # fmt: skip
 
 
 if __name__ == "__main__":
