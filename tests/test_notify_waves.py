@@ -172,3 +172,34 @@ async def test_pipelined_publishes_across_the_receive_maximum(tmp_path: Path, da
         await transport.stop()
         await asyncio.to_thread(sub.close)
         broker.stop()
+
+
+async def test_a_call_waits_for_the_ids_another_call_holds(tmp_path: Path, database_url: str, ns: str) -> None:
+    # Receive Maximum 4: 3 ids a write. Three calls at once want 3 each; the later two find every id
+    # held and wait for the PUBACKs of the first, instead of failing (the outbox would back off).
+    broker = Broker(tmp_path / "broker", extra_conf="max_inflight_messages 4\n")
+    broker.start()
+    sub = Subscriber(broker.port, "w/#")
+    transport = MqttTransport(make_settings(database_url, broker.port, ns), [(f"{ns}/none/#", 1)])
+    transport.start(lambda _m: None)
+    try:
+        await eventually(lambda: transport.state.connected)
+        calls = [[(f"w/ok/{c}{i}", b"{}", 1, False, None) for i in range(3)] for c in "abc"]
+        results = await asyncio.gather(*(transport.publish_many(call, timeout=10) for call in calls))
+        assert results == [[None] * 3] * 3
+        await eventually(lambda: len(sub.topics) == 9)
+        assert sorted(sub.topics) == sorted(t for call in calls for t, *_ in call)
+        assert transport._client is not None and not transport._client._package_handler.pubacks
+
+        # Not answered in time: a call that finds every id held fails once its timeout is spent.
+        transport.hold_reading(True)  # the PUBACKs stay unread, their ids held
+        held = asyncio.ensure_future(transport.publish_many(calls[0], timeout=2))
+        await asyncio.sleep(0.2)
+        late = await transport.publish_many(calls[1], timeout=0.5)
+        assert all(isinstance(r, PublishError) and "Receive Maximum" in str(r) for r in late)
+        transport.hold_reading(False)
+        assert await held == [None] * 3
+    finally:
+        await transport.stop()
+        await asyncio.to_thread(sub.close)
+        broker.stop()

@@ -148,6 +148,7 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
     sink: Sink
     link: Link
     pubacks: dict[int, asyncio.Future[None]]
+    freed: asyncio.Event  # set when a PUBACK frees a packet id, or the connection is lost
     # The receive time (whole µs since 1970) given to the last PUBLISH: each next one gets a later
     # microsecond. A message without its own timestamp is stored at its receive time, and PostgreSQL
     # keeps microseconds: two of one device's messages read within one (a burst in one TCP read)
@@ -156,6 +157,7 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
 
     def _handle_puback_packet(self, cmd: int, packet: bytes) -> None:
         super()._handle_puback_packet(cmd, packet)
+        self.freed.set()
         (mid,) = _unpack_u16(packet, 0)
         waiter = self.pubacks.pop(mid, None)
         if waiter is None or waiter.done():
@@ -168,6 +170,7 @@ class _DeferredAckHandler(MqttPackageHandler):  # type: ignore[misc]
             waiter.set_result(None)
 
     def fail_pending(self, reason: str) -> None:
+        self.freed.set()
         waiters, self.pubacks = self.pubacks, {}
         for waiter in waiters.values():
             if not waiter.done():
@@ -456,7 +459,8 @@ class MqttTransport:
     async def publish_many(self, messages: Sequence[Outgoing], *, timeout: float = 10.0) -> list[BaseException | None]:
         """Publish (topic, payload, qos, retain, key) messages, pipelined: as many as the broker's Receive
         Maximum lets us have unacknowledged go out in one write, then their PUBACKs are awaited
-        together. Per message None once acknowledged (QoS 1) or written (QoS 0), else why not, as
+        together (while another call holds every id, until one is acknowledged). Per message None
+        once acknowledged (QoS 1) or written (QoS 0), else why not, as
         `publish` raises it; `timeout` bounds the whole call. Written in the order given, so the
         broker takes them in that order; what it does with one does not depend on another's fate.
         """
@@ -471,6 +475,9 @@ class MqttTransport:
             if client is None or link is None or not link.open or not self.state.connected:
                 error: BaseException = PublishError("not connected to the broker")
             elif (room := _free_ids(client)) < 1:
+                # Another call's publishes hold every id: wait for one of them to be acknowledged.
+                if await _freed(client, deadline - loop.time()):
+                    continue
                 error = PublishError("the broker's Receive Maximum of unacknowledged publishes is reached")
             else:
                 chunk = messages[pos : pos + room]
@@ -493,7 +500,7 @@ class MqttTransport:
         protocol = client._connection._protocol
         loop = asyncio.get_running_loop()
         waiters: dict[int, asyncio.Future[None]] = {}  # index in `results` -> its PUBACK
-        mids: list[int] = []
+        mine: list[tuple[int, asyncio.Future[None]]] = []  # (mid, its waiter)
         packets: list[bytes] = []
         next_id = protocol.id_generator.next_id  # the allocator gmqtt's PublishPacket takes ids from
         for i, (topic, payload, qos, retain, key) in enumerate(chunk, first):
@@ -503,7 +510,7 @@ class MqttTransport:
                 waiter: asyncio.Future[None] = loop.create_future()
                 handler.pubacks[mid] = waiter
                 waiters[i] = waiter
-                mids.append(mid)
+                mine.append((mid, waiter))
         try:
             client._connection.send_package(b"".join(packets))
             if len(waiters) > 1:
@@ -528,8 +535,10 @@ class MqttTransport:
                     results[i] = error
             return not late
         finally:
-            for mid in mids:
-                handler.pubacks.pop(mid, None)
+            # A mid acknowledged already may be another call's by now: take out only our own waiters.
+            for mid, waiter in mine:
+                if handler.pubacks.get(mid) is waiter:
+                    del handler.pubacks[mid]
 
     # -- connection loop -------------------------------------------------------------------
 
@@ -603,6 +612,7 @@ class MqttTransport:
         handler.sink = self._deliver
         handler.link = link
         handler.pubacks = {}
+        handler.freed = asyncio.Event()
         if s.mqtt_username:
             password = s.mqtt_password.get_secret_value() if s.mqtt_password else None
             client.set_auth_credentials(s.mqtt_username, password)
@@ -750,6 +760,17 @@ class MqttTransport:
 
 def _drop(_message: InboundMessage) -> None:
     pass
+
+
+async def _freed(client: _Client, timeout: float) -> bool:
+    """Wait at most `timeout` for a PUBACK to free a packet id (or for the connection to be lost)."""
+    freed = client._package_handler.freed
+    freed.clear()
+    if timeout > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(freed.wait(), timeout)
+            return True
+    return False
 
 
 def _free_ids(client: _Client) -> int:
