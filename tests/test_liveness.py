@@ -83,7 +83,8 @@ async def test_no_mass_offline_after_the_service_was_away(
     await asyncio.sleep(1.5)  # the service is away longer than the window: every last_seen is stale
     window = 2.0
     async with service(device_offline_after_seconds=window, device_sweep_interval_seconds=0.1) as svc:
-        connected = time.time()
+        # When the connection came up, as the sweep counts it (the fixture sees it a poll later).
+        connected = svc.runtime.transport.state.connected_since
         # The fleet speaks within its first window after the (re)connect, except A0.
         for _ in range(2):
             publisher.publish_many([(f"{ns}/{d}/telemetry", {"temperature": 2.0}) for d in devices[1:]])
