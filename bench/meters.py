@@ -9,6 +9,7 @@ someone else, the noise that moves rows/s between runs.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -50,8 +51,6 @@ def pg_cpu(pgdata: Path) -> float:
 
 
 def read(pgdata: Path) -> Reading:
-    import time
-
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,17 +134,30 @@ class Subscriber:
         self.client.loop_stop()
 
 
-async def test_pipelined_publishes_across_the_receive_maximum(tmp_path: Path, database_url: str, ns: str) -> None:
-    # Receive Maximum 4 (gmqtt keeps one id back: 3 per write); anonymous clients may not publish on w/no/#.
-    acl = tmp_path / "acl"
-    acl.write_text("topic readwrite w/ok/#\ntopic read w/no/#\n")
-    broker = Broker(tmp_path / "broker", extra_conf=f"max_inflight_messages 4\nacl_file {acl}\n")
+@asynccontextmanager
+async def connected(
+    tmp_path: Path, database_url: str, ns: str, conf: str
+) -> AsyncIterator[tuple[MqttTransport, Subscriber]]:
+    """A broker of its own (`conf` added), a transport connected to it and a subscriber on w/#."""
+    broker = Broker(tmp_path / "broker", extra_conf=conf)
     broker.start()
     sub = Subscriber(broker.port, "w/#")
     transport = MqttTransport(make_settings(database_url, broker.port, ns), [(f"{ns}/none/#", 1)])
     transport.start(lambda _m: None)
     try:
         await eventually(lambda: transport.state.connected)
+        yield transport, sub
+    finally:
+        await transport.stop()
+        await asyncio.to_thread(sub.close)
+        broker.stop()
+
+
+async def test_pipelined_publishes_across_the_receive_maximum(tmp_path: Path, database_url: str, ns: str) -> None:
+    # Receive Maximum 4 (gmqtt keeps one id back: 3 per write); anonymous clients may not publish on w/no/#.
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite w/ok/#\ntopic read w/no/#\n")
+    async with connected(tmp_path, database_url, ns, f"max_inflight_messages 4\nacl_file {acl}\n") as (transport, sub):
         topics = [f"w/ok/{i}" for i in range(10)]
         assert await transport.publish_many([(t, b"{}", 1, False, None) for t in topics], timeout=10) == [None] * 10
         await eventually(lambda: len(sub.topics) == 10)
@@ -168,22 +182,11 @@ async def test_pipelined_publishes_across_the_receive_maximum(tmp_path: Path, da
         await eventually(lambda: len(sub.topics) >= 11 + len(done))
         assert set(done) <= set(sub.topics[11:])
 
-    finally:
-        await transport.stop()
-        await asyncio.to_thread(sub.close)
-        broker.stop()
-
 
 async def test_a_call_waits_for_the_ids_another_call_holds(tmp_path: Path, database_url: str, ns: str) -> None:
     # Receive Maximum 4: 3 ids a write. Three calls at once want 3 each; the later two find every id
     # held and wait for the PUBACKs of the first, instead of failing (the outbox would back off).
-    broker = Broker(tmp_path / "broker", extra_conf="max_inflight_messages 4\n")
-    broker.start()
-    sub = Subscriber(broker.port, "w/#")
-    transport = MqttTransport(make_settings(database_url, broker.port, ns), [(f"{ns}/none/#", 1)])
-    transport.start(lambda _m: None)
-    try:
-        await eventually(lambda: transport.state.connected)
+    async with connected(tmp_path, database_url, ns, "max_inflight_messages 4\n") as (transport, sub):
         calls = [[(f"w/ok/{c}{i}", b"{}", 1, False, None) for i in range(3)] for c in "abc"]
         results = await asyncio.gather(*(transport.publish_many(call, timeout=10) for call in calls))
         assert results == [[None] * 3] * 3
@@ -199,7 +202,3 @@ async def test_a_call_waits_for_the_ids_another_call_holds(tmp_path: Path, datab
         assert all(isinstance(r, PublishError) and "Receive Maximum" in str(r) for r in late)
         transport.hold_reading(False)
         assert await held == [None] * 3
-    finally:
-        await transport.stop()
-        await asyncio.to_thread(sub.close)
-        broker.stop()
