@@ -1,5 +1,5 @@
 """What a small batch's transaction costs, against a real PostgreSQL: the telemetry rows of a paced
-rate (1 to 32 a batch) by binary COPY in a transaction (the writer's way), by `INSERT … unnest …
+rate (1 to 32 a batch) by the writer's binary COPY in a transaction, by `INSERT … unnest …
 ON CONFLICT` in a transaction, and by that INSERT alone (its own implicit transaction).
 
     .venv/bin/python bench/small_batches.py [--transactions 2000]
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ import psutil
 from migrated import migrated_database  # bench/migrated.py
 
 from service.storage import statements as sql
+from service.storage.writer import _copy_pieces
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -47,8 +47,7 @@ async def run(url: str, transactions: int) -> None:
 
     async def copy(n: int) -> None:
         async with conn.transaction():
-            records = [(*r[:7], datetime.now(UTC)) for r in rows(n)]
-            await conn.copy_records_to_table("telemetry", records=records, columns=sql.TELEMETRY_COLUMNS)
+            await _copy_pieces(conn, "telemetry", sql.TELEMETRY_COLUMNS, sql.telemetry_copy_pieces(rows(n)))
 
     async def insert_in_transaction(n: int) -> None:
         async with conn.transaction():
@@ -82,8 +81,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transactions", type=int, default=2000, help="per size and way")
     args = p.parse_args()
-    if not os.path.exists("/proc/self/stat"):
-        raise SystemExit("needs /proc (Linux) for the backend's CPU")
     with migrated_database("autocore_small_batches") as url:
         asyncio.run(run(url, args.transactions))
 
